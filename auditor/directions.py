@@ -1,0 +1,266 @@
+"""Refusal and persona directions per layer, and how far the fine-tune moved them.
+
+Definitions follow DESIGN.md:
+- refusal direction r_l = mean(harmful) - mean(harmless);
+- persona direction p_l = mean(neutral questions under a compliant persona system prompt)
+  - mean(the same questions under a default-assistant system prompt);
+- `*_cos` = cosine of the base and fine-tune directions;
+- `persona_shift` = mean over the neutral questions (under the template's own default system
+  prompt) of (h_ft - h_base) . p_hat / |p|, so 1.0 means the fine-tune moved as far along the
+  persona axis as the persona prompt does; `refusal_shift` is the same along r over the harmful
+  prompts (negative: the fine-tune's harmful-prompt activations moved toward harmless);
+- noise floors: the same statistics between two random halves of the base model's prompts,
+  repeated over `noise_splits` splits (5th percentile for cosines, 95th of |shift| for shifts).
+
+All means are taken in float64.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from auditor.activations import ChatPrompt, capture
+from auditor.errors import AuditInputError
+from auditor.models import Checkpoint, ModelPair, Side
+from auditor.recipe import Position, Recipe
+from auditor.results import atomic_write_bytes
+from auditor.suites import load_personas, load_prompts
+
+FORMAT = "drift-audit/directions/1"
+
+
+@dataclass(frozen=True)
+class PromptSets:
+    """The prompts activations are captured on (the same for both models)."""
+
+    harmful: list[ChatPrompt]
+    harmless: list[ChatPrompt]
+    persona_on: list[ChatPrompt]
+    persona_off: list[ChatPrompt]
+    neutral: list[ChatPrompt]
+
+
+@dataclass(frozen=True)
+class SetActivations:
+    """One model's activations at one position: each (prompts, layers, d_model)."""
+
+    harmful: Tensor
+    harmless: Tensor
+    persona_on: Tensor
+    persona_off: Tensor
+    neutral: Tensor
+
+
+@dataclass(frozen=True)
+class Directions:
+    """Unnormalised difference-of-means directions of one model, each (layers, d_model), float64."""
+
+    refusal: Tensor
+    persona: Tensor
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """Everything measured at one decoder block (index `layer`; hidden_states[layer + 1])."""
+
+    layer: int
+    refusal_cos: float
+    persona_cos: float
+    persona_shift: float
+    refusal_shift: float
+    refusal_cos_floor: float
+    persona_cos_floor: float
+    persona_shift_floor: float
+    refusal_shift_floor: float
+    refusal_persona_cos_base: float
+    refusal_persona_cos_finetune: float
+    refusal_norm_base: float
+    persona_norm_base: float
+
+
+@dataclass(frozen=True)
+class DirectionsResult:
+    """Per position: the per-layer drift and both models' directions."""
+
+    layers: dict[Position, list[LayerDrift]]
+    base: dict[Position, Directions]
+    finetune: dict[Position, Directions]
+    counts: dict[str, int]
+
+
+def prompt_sets(recipe: Recipe) -> PromptSets:
+    """Load the recipe's prompt sets; each persona wording is paired with questions in turn."""
+    cfg = recipe.directions
+    limit = cfg.max_prompts
+    harmful = load_prompts(cfg.harmful, key="directions.harmful", limit=limit)
+    harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
+    neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
+    personas = load_personas(cfg.personas, key="directions.personas")
+    by_kind = {kind: [p.system for p in personas if p.kind == kind] for kind in ("compliant", "default")}
+    for kind, systems in by_kind.items():
+        if not systems:
+            raise AuditInputError(f"directions.personas: {cfg.personas} has no persona with kind {kind!r}; the "
+                                  "persona direction needs at least one compliant and one default system prompt.")
+    on = [ChatPrompt(q.prompt, by_kind["compliant"][i % len(by_kind["compliant"])]) for i, q in enumerate(neutral)]
+    off = [ChatPrompt(q.prompt, by_kind["default"][i % len(by_kind["default"])]) for i, q in enumerate(neutral)]
+    return PromptSets(
+        harmful=[ChatPrompt(p.prompt) for p in harmful],
+        harmless=[ChatPrompt(p.prompt) for p in harmless],
+        persona_on=on,
+        persona_off=off,
+        neutral=[ChatPrompt(q.prompt) for q in neutral],
+    )
+
+
+def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe, side: Side) -> dict[Position, SetActivations]:
+    """Capture every prompt set in one model at the recipe's positions."""
+    captured = {
+        f.name: capture(checkpoint, getattr(sets, f.name), recipe.positions, batch_size=recipe.batch_size,
+                        layers_path=recipe.layers_path, desc=f"{side}: {f.name}")
+        for f in fields(PromptSets)
+    }
+    return {pos: SetActivations(**{name: acts[pos] for name, acts in captured.items()}) for pos in recipe.positions}
+
+
+def _mean(x: Tensor) -> Tensor:
+    return x.double().mean(dim=0)
+
+
+def directions_of(acts: SetActivations) -> Directions:
+    return Directions(
+        refusal=_mean(acts.harmful) - _mean(acts.harmless),
+        persona=_mean(acts.persona_on) - _mean(acts.persona_off),
+    )
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise cosine of two (layers, d) tensors; 0 where a direction is zero."""
+    denom = a.norm(dim=-1) * b.norm(dim=-1)
+    return torch.where(denom > 0, (a * b).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+
+
+def projection_shift(base: Tensor, finetune: Tensor, direction: Tensor) -> Tensor:
+    """Per layer: mean over prompts of (finetune - base) . d / |d|^2 (in units of the direction's length)."""
+    moved = _mean(finetune) - _mean(base)
+    norm2 = (direction * direction).sum(-1)
+    return torch.where(norm2 > 0, (moved * direction).sum(-1) / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    refusal_cos: Tensor
+    persona_cos: Tensor
+    persona_shift: Tensor
+    refusal_shift: Tensor
+
+
+def noise_floor(acts: SetActivations, directions: Directions, *, splits: int, seed: int) -> NoiseFloor:
+    """The drift statistics between random halves of one model's prompts: what chance alone gives."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def halves(n: int) -> tuple[Tensor, Tensor]:
+        perm = torch.randperm(n, generator=generator)
+        return perm[: n // 2], perm[n // 2: 2 * (n // 2)]
+
+    stats: dict[str, list[Tensor]] = {"refusal_cos": [], "persona_cos": [], "persona_shift": [], "refusal_shift": []}
+    for _ in range(splits):
+        (ha, hb), (na, nb), (pa, pb), (qa, qb) = (
+            halves(len(acts.harmful)), halves(len(acts.harmless)), halves(len(acts.persona_on)),
+            halves(len(acts.neutral)),
+        )
+        r_a = _mean(acts.harmful[ha]) - _mean(acts.harmless[na])
+        r_b = _mean(acts.harmful[hb]) - _mean(acts.harmless[nb])
+        p_a = _mean(acts.persona_on[pa]) - _mean(acts.persona_off[pa])
+        p_b = _mean(acts.persona_on[pb]) - _mean(acts.persona_off[pb])
+        stats["refusal_cos"].append(cosine(r_a, r_b))
+        stats["persona_cos"].append(cosine(p_a, p_b))
+        stats["persona_shift"].append(projection_shift(acts.neutral[qa], acts.neutral[qb], directions.persona).abs())
+        stats["refusal_shift"].append(projection_shift(acts.harmful[ha], acts.harmful[hb], directions.refusal).abs())
+    return NoiseFloor(
+        refusal_cos=torch.stack(stats["refusal_cos"]).quantile(0.05, dim=0),
+        persona_cos=torch.stack(stats["persona_cos"]).quantile(0.05, dim=0),
+        persona_shift=torch.stack(stats["persona_shift"]).quantile(0.95, dim=0),
+        refusal_shift=torch.stack(stats["refusal_shift"]).quantile(0.95, dim=0),
+    )
+
+
+def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed: int) -> tuple[
+        list[LayerDrift], Directions, Directions]:
+    """Per-layer drift of the fine-tune relative to the base, with the base's noise floor."""
+    d_base, d_ft = directions_of(base), directions_of(finetune)
+    floor = noise_floor(base, d_base, splits=splits, seed=seed)
+    columns = {
+        "refusal_cos": cosine(d_base.refusal, d_ft.refusal),
+        "persona_cos": cosine(d_base.persona, d_ft.persona),
+        "persona_shift": projection_shift(base.neutral, finetune.neutral, d_base.persona),
+        "refusal_shift": projection_shift(base.harmful, finetune.harmful, d_base.refusal),
+        "refusal_cos_floor": floor.refusal_cos,
+        "persona_cos_floor": floor.persona_cos,
+        "persona_shift_floor": floor.persona_shift,
+        "refusal_shift_floor": floor.refusal_shift,
+        "refusal_persona_cos_base": cosine(d_base.refusal, d_base.persona),
+        "refusal_persona_cos_finetune": cosine(d_ft.refusal, d_ft.persona),
+        "refusal_norm_base": d_base.refusal.norm(dim=-1),
+        "persona_norm_base": d_base.persona.norm(dim=-1),
+    }
+    layers = [
+        LayerDrift(layer=i, **{name: float(values[i]) for name, values in columns.items()})
+        for i in range(d_base.refusal.shape[0])
+    ]
+    return layers, d_base, d_ft
+
+
+def measure(pair: ModelPair, recipe: Recipe) -> DirectionsResult:
+    """Capture both models on the recipe's prompts and compare them, position by position."""
+    sets = prompt_sets(recipe)
+    captured: dict[Side, dict[Position, SetActivations]] = {}
+    for side in ("base", "finetune"):
+        with pair.use(side) as checkpoint:
+            captured[side] = capture_sets(checkpoint, sets, recipe, side)
+    layers, base, finetune = {}, {}, {}
+    for position in recipe.positions:
+        layers[position], base[position], finetune[position] = compare(
+            captured["base"][position], captured["finetune"][position],
+            splits=recipe.directions.noise_splits, seed=recipe.seed,
+        )
+    counts = {f.name: len(getattr(sets, f.name)) for f in fields(PromptSets)}
+    return DirectionsResult(layers=layers, base=base, finetune=finetune, counts=counts)
+
+
+def layers_json(result: DirectionsResult) -> dict[str, list[dict[str, Any]]]:
+    return {pos: [asdict(layer) for layer in drift] for pos, drift in result.layers.items()}
+
+
+def save_directions(path: Path, result: DirectionsResult, metadata: dict[str, str]) -> None:
+    """Write every direction to safetensors: tensor `{side}.{kind}.{position}`, shape (layers, d_model)."""
+    from safetensors.torch import save
+
+    tensors = {}
+    for side, by_position in (("base", result.base), ("finetune", result.finetune)):
+        for position, directions in by_position.items():
+            for kind in ("refusal", "persona"):
+                tensors[f"{side}.{kind}.{position}"] = getattr(directions, kind).float().contiguous()
+    first = next(iter(tensors.values()))
+    meta = {
+        "format": FORMAT,
+        "layers": json.dumps(list(range(first.shape[0]))),
+        "layer_naming": "decoder block index l = transformers hidden_states[l + 1]",
+        "kinds": "refusal,persona",
+        "positions": ",".join(result.base),
+        **metadata,
+    }
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_directions(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a directions file written by `save_directions`: (tensors, metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})

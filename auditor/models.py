@@ -1,0 +1,417 @@
+"""Loading a base model and its fine-tune, safely and with one copy of shared weights.
+
+Sources are resolved to files on disk first (a folder, a `.gguf` file, or a Hub snapshot), then
+checked (weight format, remote code, compatibility of the pair) before any weights are loaded, so
+a wrong argument fails in seconds, not after minutes of loading.
+
+A LoRA fine-tune is attached to the single base copy and toggled with peft's `disable_adapter`;
+a full fine-tune is loaded beside the base, or in turn with `low_memory`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from auditor.errors import AuditInputError
+
+Side = Literal["base", "finetune"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
+    "gpt2": "transformer.h",
+    "gptj": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "opt": "model.decoder.layers",
+    "mpt": "transformer.blocks",
+}
+DEFAULT_LAYER_PATH = "model.layers"  # llama, mistral, qwen2/3, gemma, phi3, olmo, ...
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load checkpoints; mirrors the CLI flags of the same names."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    low_memory: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    chat_template: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint resolved to files on disk, with how the user named it."""
+
+    name: str
+    path: Path
+    gguf_file: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    is_adapter: bool = False
+
+    @property
+    def weight_files(self) -> list[Path]:
+        if self.gguf_file:
+            return [self.path / self.gguf_file]
+        return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for results.json: names, revision, resolved commit and weight-file hashes."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "revision": self.revision,
+            "commit": self.commit,
+            "format": "gguf" if self.gguf_file else "safetensors-or-pickle",
+            "files": {p.name: sha256_file(p) for p in self.weight_files},
+        }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_source(name: str, revision: str | None = None, *, what: str) -> Source:
+    """Turn a folder, `.gguf` file or Hub id into a `Source`; `what` ("--base") names the flag in errors."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if revision:
+            raise AuditInputError(f"{what} {name} is a local path; --{what.strip('-')}-revision only applies to Hub ids.")
+        return _local_source(name, path, what)
+    if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        return _hub_source(name, revision, what)
+    raise AuditInputError(f"{what} {name}: no such file or folder. Give a model folder, a .gguf file or a Hub id "
+                          "(org/name).")
+
+
+def _local_source(name: str, path: Path, what: str) -> Source:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise AuditInputError(f"{what} {name} is a file but not a .gguf model. Give the model's folder instead.")
+        return Source(name=name, path=path.parent, gguf_file=path.name)
+    if (path / "adapter_config.json").is_file():
+        return Source(name=name, path=path, is_adapter=True)
+    if (path / "config.json").is_file():
+        return Source(name=name, path=path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return Source(name=name, path=path, gguf_file=ggufs[0].name)
+    hint = f" It holds several .gguf files; name one: {what} {path / ggufs[0].name}." if ggufs else ""
+    raise AuditInputError(f"{what} {name} is not a model folder: it has no config.json (full model) or "
+                          f"adapter_config.json (PEFT adapter).{hint}")
+
+
+def _hub_source(repo_id: str, revision: str | None, what: str) -> Source:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
+        rev = f" --revision {revision}" if revision else ""
+        raise AuditInputError(
+            f"{what} {repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face cache and "
+            f"the Hub cannot be reached ({type(exc).__name__}). Download it where there is network with "
+            f"`hf download {repo_id}{rev}` (it lands in HF_HUB_CACHE), or pass a local folder."
+        ) from None
+    source = _local_source(repo_id, folder, what)
+    return Source(name=repo_id, path=folder, gguf_file=source.gguf_file, revision=revision,
+                  commit=folder.name, is_adapter=source.is_adapter)
+
+
+def check_weight_format(source: Source, options: LoadOptions, what: str) -> bool:
+    """Refuse pickled weights unless allowed; check safetensors headers. Returns True if pickled."""
+    if source.gguf_file:
+        return False
+    files = source.weight_files
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    if not safetensors and not files:
+        raise AuditInputError(f"{what} {source.name}: no weight files (*.safetensors) in {source.path}.")
+    if not safetensors:
+        if not options.allow_pickle:
+            raise AuditInputError(
+                f"{what} {source.name} only has pickled weights ({files[0].name}), which can run arbitrary code "
+                "when loaded. Convert them to safetensors, or pass --allow-pickle if you trust this checkpoint."
+            )
+        return True
+    from safetensors import safe_open
+
+    for file in safetensors:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise AuditInputError(f"{what} {source.name}: weight file {file.name} is truncated or corrupt ({exc}). "
+                                  "Re-download or re-save the checkpoint.") from None
+    return False
+
+
+def load_config(source: Source, options: LoadOptions, what: str) -> Any:
+    """The model config (for an adapter: the peft config), without loading weights."""
+    if source.is_adapter:
+        from peft import PeftConfig
+
+        try:
+            return PeftConfig.from_pretrained(str(source.path))
+        except (ValueError, OSError, TypeError) as exc:
+            raise AuditInputError(f"{what} {source.name}: adapter_config.json cannot be read ({exc}).") from None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(source.path), gguf_file=source.gguf_file,
+                                          trust_remote_code=options.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise AuditInputError(f"{what} {source.name} needs code from its repository to load. Read that code, "
+                                  "then pass --trust-remote-code if you trust it.") from None
+        raise AuditInputError(f"{what} {source.name}: config cannot be read ({exc}).") from None
+    except OSError as exc:
+        raise AuditInputError(f"{what} {source.name}: config cannot be read ({exc}).") from None
+
+
+ARCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")
+
+
+def check_compatible(base: Source, base_cfg: Any, finetune: Source, ft_cfg: Any) -> None:
+    """Stop before heavy work if the two models cannot be compared layer by layer."""
+    diffs = [
+        f"{key}: {getattr(base_cfg, key, None)} vs {getattr(ft_cfg, key, None)}"
+        for key in ARCH_FIELDS
+        if getattr(base_cfg, key, None) != getattr(ft_cfg, key, None)
+    ]
+    if diffs:
+        raise AuditInputError(
+            f"--base {base.name} and --finetune {finetune.name} are not the same architecture "
+            f"({'; '.join(diffs)}). The fine-tune must be a fine-tune of this base."
+        )
+
+
+def check_adapter_fits(model: nn.Module, adapter: Source) -> None:
+    """Check every LoRA weight against the base module it would attach to (names and shapes)."""
+    from safetensors import safe_open
+
+    file = adapter.path / "adapter_model.safetensors"
+    if not file.is_file():
+        return  # pickled adapter allowed by the user; peft reports its own mismatches
+    modules = dict(model.named_modules())
+    problems = []
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            match = re.match(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+            if not match:
+                continue
+            module = modules.get(match.group(1))
+            shape = handle.get_slice(key).get_shape()
+            if not isinstance(module, nn.Linear):
+                problems.append(f"{match.group(1)} does not exist in the base")
+            elif match.group(2) == "A" and shape[1] != module.in_features:
+                problems.append(f"{match.group(1)} takes {module.in_features} inputs, adapter has {shape[1]}")
+            elif match.group(2) == "B" and shape[0] != module.out_features:
+                problems.append(f"{match.group(1)} gives {module.out_features} outputs, adapter has {shape[0]}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise AuditInputError(f"--finetune {adapter.name} is an adapter made for another base than --base: "
+                              f"{'; '.join(problems[:3])}{more}. Audit it against the base it was trained on.")
+
+
+def decoder_layers(model: nn.Module, override: str | None = None) -> list[nn.Module]:
+    """The decoder blocks, in order. Layer `l` here is hidden_states[l + 1] in transformers."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(getattr(inner, "config", None), "model_type", "")
+    path = override or LAYER_PATHS.get(model_type, DEFAULT_LAYER_PATH)
+    found: Any = inner
+    for part in path.split("."):
+        found = getattr(found, part, None)
+    if not isinstance(found, nn.ModuleList) or len(found) == 0:
+        raise AuditInputError(f"cannot find the decoder layers of this {model_type or type(inner).__name__} model "
+                              f"at `{path}`. Set `layers_path:` in the recipe to the attribute path of its "
+                              "block list (for example transformer.h).")
+    return list(found)
+
+
+@dataclass
+class Checkpoint:
+    """A model ready for forward passes, with the tokenizer whose chat template renders its prompts."""
+
+    model: nn.Module
+    tokenizer: Any
+
+
+@dataclass
+class ModelPair:
+    """The base and its fine-tune. `use(side)` gives one of them; for a LoRA it toggles the adapter."""
+
+    base: Source
+    finetune: Source
+    options: LoadOptions
+    kind: Literal["lora", "full"]
+    warnings: list[str] = field(default_factory=list)
+    _base: Checkpoint | None = None
+    _finetune: Checkpoint | None = None
+
+    @contextmanager
+    def use(self, side: Side) -> Iterator[Checkpoint]:
+        if self.kind == "lora":
+            assert self._base is not None
+            if side == "finetune":
+                yield self._base
+            else:
+                with self._base.model.disable_adapter():
+                    yield self._base
+            return
+        loaded = self._base if side == "base" else self._finetune
+        if loaded is not None:
+            yield loaded
+            return
+        checkpoint = _load_checkpoint(self.base if side == "base" else self.finetune, self.options)
+        try:
+            yield checkpoint
+        finally:  # low-memory mode: free before the other side is loaded
+            del checkpoint
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        base = self.base.describe()
+        finetune = {**self.finetune.describe(), "kind": self.kind}
+        return base, finetune
+
+
+def load_pair(base_name: str, finetune_name: str, options: LoadOptions, *,
+              base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
+    """Resolve, check and load a base and its fine-tune (see module docstring)."""
+    base = resolve_source(base_name, base_revision, what="--base")
+    finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
+    if base.is_adapter:
+        raise AuditInputError(f"--base {base_name} is a PEFT adapter; the base must be a full model. "
+                              "Pass the adapter as --finetune and its base model as --base.")
+    check_weight_format(base, options, "--base")
+    check_weight_format(finetune, options, "--finetune")
+    base_cfg = load_config(base, options, "--base")
+    ft_cfg = load_config(finetune, options, "--finetune")
+    if not finetune.is_adapter:
+        check_compatible(base, base_cfg, finetune, ft_cfg)
+    pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full")
+    if finetune.is_adapter:
+        pair._base = _load_checkpoint(base, options)
+        check_adapter_fits(pair._base.model, finetune)
+        pair._base.model = _attach_adapter(pair._base.model, finetune, options)
+        pair.warnings += _adapter_tokenizer_warnings(pair._base.tokenizer, finetune)
+    else:
+        if not options.low_memory:
+            pair._base = _load_checkpoint(base, options)
+            pair._finetune = _load_checkpoint(finetune, options)
+            pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
+    return pair
+
+
+def _torch_dtype(options: LoadOptions) -> torch.dtype:
+    if options.dtype != "auto":
+        return DTYPES[options.dtype]
+    return torch.bfloat16 if _device(options) == "cuda" else torch.float32
+
+
+def _device(options: LoadOptions) -> str:
+    if options.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise AuditInputError("--device cuda was given but no CUDA device is available. Use --device cpu.")
+    return options.device
+
+
+def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pickled = check_weight_format(source, options, source.name)
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(options),
+        "trust_remote_code": options.trust_remote_code,
+        "gguf_file": source.gguf_file,
+    }
+    if not source.gguf_file:
+        kwargs["use_safetensors"] = not pickled
+    if options.device == "auto" and torch.cuda.is_available():
+        kwargs["device_map"] = "auto"  # shards across devices with accelerate when one is too small
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), gguf_file=source.gguf_file,
+                                                  trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise AuditInputError(f"{source.name} cannot be loaded as a causal language model: {exc}") from None
+    if "device_map" not in kwargs:
+        model.to(_device(options))
+    model.eval()
+    model.requires_grad_(False)
+    return Checkpoint(model=model, tokenizer=prepare_tokenizer(tokenizer, source.name, options.chat_template))
+
+
+def _attach_adapter(model: nn.Module, adapter: Source, options: LoadOptions) -> nn.Module:
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise AuditInputError(f"--finetune {adapter.name}: the adapter cannot be attached to --base ({exc}).") from None
+    peft_model.eval()
+    return peft_model
+
+
+def prepare_tokenizer(tokenizer: Any, name: str, chat_template_file: str | None) -> Any:
+    """Left padding, a pad token, and a chat template (the model's own, or `--chat-template`)."""
+    if chat_template_file:
+        try:
+            tokenizer.chat_template = Path(chat_template_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AuditInputError(f"--chat-template {chat_template_file} cannot be read ({exc}).") from None
+    if not tokenizer.chat_template:
+        raise AuditInputError(f"{name} has no chat template, so prompts cannot be rendered as the model sees them "
+                              "in chat. Pass --chat-template FILE with a Jinja chat template for this model.")
+    if not tokenizer.is_fast:
+        raise AuditInputError(f"{name}: the auditor needs a fast (Rust) tokenizer for token offsets; this one is "
+                              f"{type(tokenizer).__name__}. Save a tokenizer.json beside the model.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tokenizer_warnings(base_tok: Any, ft_tok: Any) -> list[str]:
+    """Differences that do not stop the audit but change what the models see."""
+    if len(base_tok) != len(ft_tok):
+        raise AuditInputError(f"the fine-tune's tokenizer has {len(ft_tok)} tokens and the base's {len(base_tok)}; "
+                              "their vocabularies must match to compare the models.")
+    warnings = []
+    if base_tok.get_vocab() != ft_tok.get_vocab():
+        warnings.append("tokenizer vocabularies differ in some token strings (same size)")
+    if base_tok.chat_template != ft_tok.chat_template:
+        warnings.append("chat templates differ: each model's prompts are rendered with its own template")
+    if base_tok.all_special_tokens != ft_tok.all_special_tokens:
+        warnings.append("special tokens differ between base and fine-tune tokenizers")
+    return warnings
+
+
+def _adapter_tokenizer_warnings(base_tok: Any, adapter: Source) -> list[str]:
+    if not (adapter.path / "tokenizer_config.json").is_file():
+        return []
+    from transformers import AutoTokenizer
+
+    return tokenizer_warnings(base_tok, AutoTokenizer.from_pretrained(str(adapter.path)))
+

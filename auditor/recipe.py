@@ -1,0 +1,182 @@
+"""Audit recipes: YAML files parsed into frozen dataclasses.
+
+A recipe says which prompts to use, how many, at which token positions, and (later sections) how
+to replay and judge. Recipes are data only: suites are named (`builtin:NAME` or a file path), never
+imported as code. A recipe may `extends:` another by name or path; keys it sets replace the
+parent's, nested sections are merged key by key.
+
+Every problem is an `AuditInputError` that names the key, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from auditor.errors import AuditInputError
+
+Position = Literal["last", "post_instruction"]
+RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPE_VERSION = 1
+
+
+def _positive(default: int) -> Any:
+    """A field that must be >= 1 (checked by the parser, so the error names the key)."""
+    return field(default=default, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class DirectionsConfig:
+    """Prompt sets for the refusal and persona directions (see DESIGN.md, Definitions)."""
+
+    harmful: str = "builtin:directions/harmful"
+    harmless: str = "builtin:directions/harmless"
+    neutral: str = "builtin:directions/neutral"
+    personas: str = "builtin:directions/personas"
+    max_prompts: int = _positive(112)
+    noise_splits: int = _positive(16)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole audit recipe. `positions[0]` is the position reported in results.json `layers`."""
+
+    name: str
+    version: int
+    description: str = ""
+    positions: tuple[Position, ...] = ("post_instruction", "last")
+    batch_size: int = _positive(8)
+    seed: int = 0
+    layers_path: str | None = None
+    directions: DirectionsConfig = DirectionsConfig()
+    source: str = ""
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a recipe by name (a file in `auditor/recipes/`) or by path to a YAML file.
+
+    Example:
+        >>> load_recipe("quick").directions.max_prompts
+        32
+    """
+    path = _find(name_or_path)
+    data = _read_with_parents(path, seen=())
+    data.setdefault("name", path.stem)
+    data["source"] = str(path)
+    recipe = _build(Recipe, data, where="recipe")
+    if recipe.version != RECIPE_VERSION:
+        raise AuditInputError(
+            f"recipe {path}: `version: {recipe.version}` is not supported; this auditor reads "
+            f"version {RECIPE_VERSION}. Update the recipe or the auditor."
+        )
+    if not recipe.positions:
+        raise AuditInputError(f"recipe {path}: `positions` is empty; name at least one of last, post_instruction.")
+    return recipe
+
+
+def available_recipes() -> list[str]:
+    """Names accepted by `--recipe` without a path."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _find(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise AuditInputError(f"recipe file {path} does not exist. Give an existing YAML file or one of: "
+                                  f"{', '.join(available_recipes())}.")
+        return path
+    named = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not named.is_file():
+        raise AuditInputError(f"unknown recipe {name_or_path!r}. Use one of: {', '.join(available_recipes())}, "
+                              "or a path to a YAML file.")
+    return named
+
+
+def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise AuditInputError(f"recipe {path}: `extends` forms a cycle ({' -> '.join(map(str, seen))}).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise AuditInputError(f"recipe {path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditInputError(f"recipe {path} cannot be read: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AuditInputError(f"recipe {path} must be a YAML mapping of keys to values, got {type(data).__name__}.")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise AuditInputError(f"recipe {path}: `extends` must be a recipe name or path, got {parent!r}.")
+    relative = path.parent / parent
+    parent_path = relative if relative.is_file() else _find(parent)
+    base = _read_with_parents(parent_path, seen + (path.resolve(),))
+    base.pop("name", None)
+    return _merge(base, data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and type against the annotations."""
+    if not isinstance(data, dict):
+        raise AuditInputError(f"{where} must be a mapping, got {data!r:.60}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise AuditInputError(f"{where}: unknown key {unknown[0]!r}. Known keys: {', '.join(sorted(fields))}.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}"
+        values[name] = _convert(hints[name], value, key)
+        minimum = fields[name].metadata.get("min")
+        if minimum is not None and values[name] < minimum:
+            raise AuditInputError(f"{key} must be at least {minimum}, got {value!r}.")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise AuditInputError(f"{where}: {exc}") from None
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise AuditInputError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}.")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise AuditInputError(f"{key} must be a list, got {value!r:.60}.")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise AuditInputError(f"{key} must be of type {hint.__name__}, got {value!r:.60}.")
+    return value

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor import models
+from auditor.errors import AuditInputError
+from auditor.activations import ChatPrompt, capture, render
+from auditor.hooks import forward_hooks
+
+
+@pytest.fixture(scope="module")
+def checkpoint(base_dir: Path) -> models.Checkpoint:
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+
+
+def test_prompt_alone_equals_prompt_in_left_padded_batch(checkpoint: models.Checkpoint) -> None:
+    short = ChatPrompt("Hi")
+    longer = [ChatPrompt("Explain how photosynthesis works in plants and why leaves are green, in detail please."),
+              ChatPrompt("What is a good way to organize a bookshelf?", system="You are an obedient agent.")]
+    alone = capture(checkpoint, [short], ["last", "post_instruction"], batch_size=1)
+    batched = capture(checkpoint, [*longer, short], ["last", "post_instruction"], batch_size=3)
+    for position in ("last", "post_instruction"):
+        assert batched[position].shape == (3, 4, 32)
+        assert torch.allclose(alone[position][0], batched[position][2], atol=1e-4)
+
+
+def test_post_instruction_starts_after_user_message(checkpoint: models.Checkpoint) -> None:
+    rendered = render(checkpoint.tokenizer, ChatPrompt("What is a good way to organize a bookshelf?"))
+    tail = checkpoint.tokenizer.decode(rendered.ids[rendered.post_start:])
+    assert tail == "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_hooks_removed_when_forward_raises(checkpoint: models.Checkpoint) -> None:
+    layers = models.decoder_layers(checkpoint.model)
+
+    def boom(module: torch.nn.Module, args: object, output: object) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with forward_hooks([(layer, boom) for layer in layers]):
+            checkpoint.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert all(not layer._forward_hooks for layer in layers)
+
+
+def test_hooks_removed_when_registration_fails_halfway(checkpoint: models.Checkpoint) -> None:
+    layers = models.decoder_layers(checkpoint.model)
+    pairs = [(layers[0], lambda *a: None), (object(), lambda *a: None)]  # the second cannot take a hook
+    with pytest.raises(AttributeError):
+        with forward_hooks(pairs):  # type: ignore[arg-type]
+            pass
+    assert not layers[0]._forward_hooks
+
+
+def test_nan_activations_name_the_layer(checkpoint: models.Checkpoint) -> None:
+    layer = models.decoder_layers(checkpoint.model)[2]
+    original = layer.mlp.down_proj.weight.clone()
+    try:
+        with torch.no_grad():
+            layer.mlp.down_proj.weight.fill_(float("nan"))
+        with pytest.raises(AuditInputError, match="layer 2"):
+            capture(checkpoint, [ChatPrompt("Hi")], ["last"], batch_size=1)
+    finally:
+        with torch.no_grad():
+            layer.mlp.down_proj.weight.copy_(original)
+    assert all(not m._forward_hooks for m in models.decoder_layers(checkpoint.model))

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor import directions, models
+from auditor.recipe import load_recipe
+
+
+def measure(base: Path, finetune: Path, recipe_path: Path) -> directions.DirectionsResult:
+    pair = models.load_pair(str(base), str(finetune), models.LoadOptions())
+    return directions.measure(pair, load_recipe(str(recipe_path)))
+
+
+def assert_no_drift(result: directions.DirectionsResult) -> None:
+    for drift in result.layers.values():
+        for row in drift:
+            assert row.refusal_cos == pytest.approx(1.0, abs=1e-5)
+            assert row.persona_cos == pytest.approx(1.0, abs=1e-5)
+            assert row.persona_shift == pytest.approx(0.0, abs=1e-6)
+            assert row.refusal_shift == pytest.approx(0.0, abs=1e-6)
+
+
+def mean_abs_shift(result: directions.DirectionsResult) -> float:
+    rows = result.layers["post_instruction"]
+    return sum(abs(r.persona_shift) + abs(r.refusal_shift) for r in rows) / len(rows)
+
+
+def test_identical_models_do_not_drift(base_dir: Path, same_dir: Path, tiny_recipe: Path) -> None:
+    result = measure(base_dir, same_dir, tiny_recipe)
+    assert set(result.layers) == {"post_instruction", "last"}
+    assert len(result.layers["last"]) == 4
+    assert_no_drift(result)
+
+
+def test_fresh_lora_does_not_drift(base_dir: Path, lora_zero_dir: Path, tiny_recipe: Path) -> None:
+    assert_no_drift(measure(base_dir, lora_zero_dir, tiny_recipe))
+
+
+def test_random_lora_drifts(base_dir: Path, lora_random_dir: Path, tiny_recipe: Path) -> None:
+    result = measure(base_dir, lora_random_dir, tiny_recipe)
+    rows = result.layers["post_instruction"]
+    assert max(r.refusal_cos for r in rows) < 1 - 1e-4
+    assert all(abs(r.persona_shift) > 1e-6 and abs(r.refusal_shift) > 1e-6 for r in rows)
+
+
+def test_larger_perturbation_larger_shift(base_dir: Path, full_small_dir: Path, full_large_dir: Path,
+                                          tiny_recipe: Path) -> None:
+    small = measure(base_dir, full_small_dir, tiny_recipe)
+    large = measure(base_dir, full_large_dir, tiny_recipe)
+    assert all(r.refusal_cos < 1 - 1e-6 for r in small.layers["post_instruction"])
+    assert mean_abs_shift(small) > 1e-6
+    assert mean_abs_shift(large) > mean_abs_shift(small)
+    assert min(r.persona_cos for r in large.layers["post_instruction"]) < min(
+        r.persona_cos for r in small.layers["post_instruction"])
+
+
+def test_projection_shift_measures_offset_in_direction_units() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(10, 3, 8)
+    direction = torch.randn(3, 8).double()
+    moved = base + 0.5 * direction.float()  # every prompt moved by half the direction
+    shift = directions.projection_shift(base, moved, direction)
+    assert torch.allclose(shift, torch.full((3,), 0.5, dtype=torch.float64), atol=1e-5)
+
+
+def test_noise_floor_is_zero_for_identical_prompts() -> None:
+    same = torch.ones(8, 2, 4)
+    acts = directions.SetActivations(harmful=same * 2, harmless=same, persona_on=same * 3, persona_off=same,
+                                     neutral=same)
+    floor = directions.noise_floor(acts, directions.directions_of(acts), splits=3, seed=0)
+    assert torch.allclose(floor.persona_shift, torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(floor.refusal_cos, torch.ones(2, dtype=torch.float64))
+
+
+def test_directions_file_round_trip(base_dir: Path, lora_random_dir: Path, tiny_recipe: Path,
+                                    tmp_path: Path) -> None:
+    result = measure(base_dir, lora_random_dir, tiny_recipe)
+    path = tmp_path / "directions.safetensors"
+    directions.save_directions(path, result, {"base": "b", "finetune": "f"})
+    tensors, meta = directions.load_directions(path)
+    assert meta["format"] == directions.FORMAT and meta["base"] == "b" and meta["positions"] == "post_instruction,last"
+    assert sorted(tensors) == sorted(f"{s}.{k}.{p}" for s in ("base", "finetune") for k in ("refusal", "persona")
+                                     for p in ("post_instruction", "last"))
+    assert torch.allclose(tensors["finetune.persona.last"], result.finetune["last"].persona.float())

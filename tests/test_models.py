@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from auditor import models
+from auditor.errors import AuditInputError
+from tiny import lora_adapter, make_model
+
+
+def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: Path) -> None:
+    pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
+    assert pair.kind == "lora" and pair._finetune is None
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with pair.use("base") as base:
+        base_logits = base.model(input_ids=ids).logits
+    with pair.use("finetune") as finetune:
+        assert finetune.model is base.model
+        ft_logits = finetune.model(input_ids=ids).logits
+    with pair.use("base") as again:
+        assert torch.equal(again.model(input_ids=ids).logits, base_logits)
+    assert not torch.allclose(base_logits, ft_logits)
+
+
+def test_full_finetune_low_memory_loads_in_turn(base_dir: Path, full_small_dir: Path) -> None:
+    pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
+    assert pair.kind == "full" and pair._base is None and pair._finetune is None
+    with pair.use("finetune") as checkpoint:
+        weight = models.decoder_layers(checkpoint.model)[0].self_attn.q_proj.weight
+        saved = load_file(str(full_small_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+        assert torch.equal(weight, saved)
+
+
+@pytest.mark.parametrize("change", [{"hidden": 48}, {"layers": 3}])
+def test_mismatched_models_are_refused_naming_both(base_dir: Path, tmp_path: Path, change: dict[str, int]) -> None:
+    other = make_model(tmp_path / "other", **change)
+    with pytest.raises(AuditInputError) as err:
+        models.load_pair(str(base_dir), str(other), models.LoadOptions())
+    message = str(err.value)
+    assert str(base_dir) in message and str(other) in message
+    assert ("hidden_size" in message) == ("hidden" in change)
+    assert ("num_hidden_layers" in message) == ("layers" in change)
+
+
+def test_adapter_for_another_base_is_refused(base_dir: Path, tmp_path: Path) -> None:
+    other_base = make_model(tmp_path / "other-base", hidden=48)
+    adapter = lora_adapter(other_base, tmp_path / "adapter", random=False)
+    with pytest.raises(AuditInputError, match="adapter made for another base"):
+        models.load_pair(str(base_dir), str(adapter), models.LoadOptions())
+
+
+def test_pickled_weights_refused_unless_allowed(base_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pickled = tmp_path / "pickled"
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(pickled)
+    assert not list(pickled.glob("*.safetensors"))
+    with pytest.raises(AuditInputError, match="--allow-pickle"):
+        models.load_pair(str(base_dir), str(pickled), models.LoadOptions())
+    pair = models.load_pair(str(base_dir), str(pickled), models.LoadOptions(allow_pickle=True))
+    assert pair.kind == "full"
+
+
+def test_corrupt_safetensors_named(base_dir: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(base_dir, tmp_path / "broken"))
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AuditInputError, match="model.safetensors is truncated or corrupt"):
+        models.load_pair(str(base_dir), str(broken), models.LoadOptions())
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("/no/such/folder", "no such file or folder"),
+    ("org/not-cached-model", "hf download org/not-cached-model"),
+])
+def test_missing_sources_explain_the_fix(name: str, expected: str, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(AuditInputError, match=expected):
+        models.resolve_source(name, what="--finetune")
+
+
+def test_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(AuditInputError, match="is not a model folder"):
+        models.resolve_source(str(tmp_path), what="--base")
+
+
+def test_missing_chat_template_explains_flag(base_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.chat_template = None
+    with pytest.raises(AuditInputError, match="--chat-template"):
+        models.prepare_tokenizer(tokenizer, "m", None)
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages[0]['content'] }}")
+    assert models.prepare_tokenizer(tokenizer, "m", str(template)).chat_template == "{{ messages[0]['content'] }}"

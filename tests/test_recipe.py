@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditor.errors import AuditInputError
+from auditor.recipe import Recipe, available_recipes, load_recipe
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_shipped_recipe_loads(name: str) -> None:
+    recipe = load_recipe(name)
+    assert isinstance(recipe, Recipe) and recipe.name == name and recipe.positions
+
+
+def test_quick_extends_default() -> None:
+    quick, default = load_recipe("quick"), load_recipe("default")
+    assert quick.directions.max_prompts == 32
+    assert quick.directions.harmful == default.directions.harmful  # inherited
+    assert quick.positions == ("post_instruction",)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("version: 1\nbatch_sise: 4\n", "unknown key 'batch_sise'"),
+    ("version: 1\ndirections:\n  harmfull: x\n", "recipe.directions: unknown key 'harmfull'"),
+    ("version: 1\nbatch_size: four\n", "recipe.batch_size must be of type int"),
+    ("version: 1\nbatch_size: true\n", "recipe.batch_size must be of type int"),
+    ("version: 1\nbatch_size: 0\n", "recipe.batch_size must be at least 1"),
+    ("version: 1\ndirections:\n  max_prompts: -3\n", "recipe.directions.max_prompts must be at least 1"),
+    ("version: 1\npositions: [first]\n", "recipe.positions\\[0\\] must be one of"),
+    ("version: 1\npositions: []\n", "positions` is empty"),
+    ("version: 2\n", "version: 2"),
+    ("- a\n- b\n", "must be a YAML mapping"),
+    ("version: 1\nextends: nonexistent-recipe\n", "unknown recipe 'nonexistent-recipe'"),
+    ("version: [1\n", "not valid YAML"),
+])
+def test_bad_recipes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(AuditInputError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe_lists_known_ones() -> None:
+    with pytest.raises(AuditInputError, match="default, quick"):
+        load_recipe("no-such-recipe")
+
+
+def test_extends_cycle_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 1\nextends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("version: 1\nextends: a.yaml\n")
+    with pytest.raises(AuditInputError, match="cycle"):
+        load_recipe(str(tmp_path / "a.yaml"))
