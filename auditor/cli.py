@@ -12,11 +12,15 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from auditor import __version__
 from auditor.errors import AuditInputError
+from auditor.models import ModelPair
+from auditor.recipe import Recipe
+from auditor.results import Timings
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -63,7 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "directions per layer, and write DIR/results.json and DIR/directions.safetensors.",
     )
     _model_options(directions)
+    replay = commands.add_parser(
+        "replay", help="directions, then replay the refusal, false-refusal and persona suites under both models",
+        description="Everything `directions` does, then greedy replay of the refusal and false-refusal suites "
+                    "and the persona design under both checkpoints, judged and compared pairwise. "
+                    "Generations are cached, so an interrupted run resumes where it stopped.",
+    )
+    _model_options(replay)
+    _replay_options(replay)
     return parser
+
+
+def _replay_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("replay")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="generation cache (default: $DRIFT_AUDIT_CACHE or ~/.cache/drift-auditor/replay)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the generation cache")
+    group.add_argument("--judge-model", metavar="PATH",
+                       help="optional judge model (causal LM or sequence classifier) beside the phrase matcher")
 
 
 def default_out(finetune: str) -> Path:
@@ -71,48 +92,115 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
+@dataclass
+class Run:
+    """What every model command shares: the recipe, the loaded pair, the output folder, the timings."""
+
+    args: argparse.Namespace
+    recipe: Recipe
+    out: Path
+    pair: ModelPair
+    timings: Timings
+    started: float
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> Run:
+        from auditor import models, recipe, results
+
+        started = time.perf_counter()
+        timings = results.Timings()
+        audit_recipe = recipe.load_recipe(args.recipe)
+        if args.batch_size is not None:
+            if args.batch_size < 1:
+                raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
+            audit_recipe = replace(audit_recipe, batch_size=args.batch_size,
+                                   replay=replace(audit_recipe.replay, batch_size=args.batch_size))
+        if getattr(args, "judge_model", None):
+            audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
+        check_inputs(audit_recipe, replay=args.command != "directions")
+        out = results.prepare_out_dir(args.out or default_out(args.finetune))
+        options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
+                                     trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                                     chat_template=args.chat_template)
+        with timings.stage("load"):
+            pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
+                                    finetune_revision=args.finetune_revision)
+        return cls(args, audit_recipe, out, pair, timings, started)
+
+    def directions(self) -> dict[str, Any]:
+        """Measure the directions, save the tensors, and return the results.json fields they fill."""
+        from auditor import directions
+
+        with self.timings.stage("directions"):
+            measured = directions.measure(self.pair, self.recipe)
+        directions.save_directions(self.out / "directions.safetensors", measured,
+                                   {"base": self.args.base, "finetune": self.args.finetune})
+        by_position = directions.layers_json(measured)
+        return {
+            "position": self.recipe.positions[0],
+            "layers": by_position[self.recipe.positions[0]],
+            "layers_by_position": by_position,
+            "prompt_counts": measured.counts,
+        }
+
+    def replay(self) -> dict[str, Any]:
+        from auditor import behaviour, directions, judge, replay
+
+        cache_dir = None if self.args.no_cache else (self.args.cache_dir or replay.default_cache_dir()) / "replay"
+        model_judge = judge.load_judge(self.recipe.replay.judge_model, self.pair.options) \
+            if self.recipe.replay.judge_model else None
+        with self.timings.stage("replay"):
+            replayed, drift = behaviour.run(self.pair, self.recipe, directions.prompt_sets(self.recipe).harmless,
+                                            cache_dir=cache_dir, model_judge=model_judge)
+        return {"replay": replayed, "general_drift": drift}
+
+    def results(self, parts: dict[str, Any]) -> dict[str, Any]:
+        from auditor import results
+
+        base_info, finetune_info = self.pair.describe()
+        self.timings["total"] = round(time.perf_counter() - self.started, 3)
+        return {
+            "schema": results.SCHEMA,
+            "base": base_info,
+            "finetune": finetune_info,
+            "recipe": asdict(self.recipe),
+            **parts,
+            "warnings": self.pair.warnings,
+            "timings": dict(self.timings),
+            "environment": results.environment(self.args.device, self.args.dtype),
+        }
+
+    def write(self, data: dict[str, Any]) -> None:
+        from auditor import results
+
+        results.write_json(self.out / "results.json", data)
+
+
+def check_inputs(audit_recipe: Recipe, *, replay: bool) -> None:
+    """Read every prompt set the run will need, so a broken suite fails before models load."""
+    from auditor import behaviour, directions
+
+    directions.prompt_sets(audit_recipe)
+    if replay:
+        behaviour.load_suites(audit_recipe.replay)
+
+
 def run_directions(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
-
-    from auditor import directions, models, recipe, results
-
-    timings = results.Timings()
-    started = time.perf_counter()
-    audit_recipe = recipe.load_recipe(args.recipe)
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
-        audit_recipe = replace(audit_recipe, batch_size=args.batch_size)
-    out = results.prepare_out_dir(args.out or default_out(args.finetune))
-    options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                                 chat_template=args.chat_template)
-    with timings.stage("load"):
-        pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
-                                finetune_revision=args.finetune_revision)
-    with timings.stage("directions"):
-        measured = directions.measure(pair, audit_recipe)
-    base_info, finetune_info = pair.describe()
-    directions.save_directions(out / "directions.safetensors", measured,
-                               {"base": args.base, "finetune": args.finetune})
-    by_position = directions.layers_json(measured)
-    timings["total"] = round(time.perf_counter() - started, 3)
-    data: dict[str, Any] = {
-        "schema": results.SCHEMA,
-        "base": base_info,
-        "finetune": finetune_info,
-        "recipe": asdict(audit_recipe),
-        "position": audit_recipe.positions[0],
-        "layers": by_position[audit_recipe.positions[0]],
-        "layers_by_position": by_position,
-        "prompt_counts": measured.counts,
-        "warnings": pair.warnings,
-        "timings": dict(timings),
-        "environment": results.environment(args.device, args.dtype),
-    }
-    results.write_json(out / "results.json", data)
+    run = Run.start(args)
+    data = run.results(run.directions())
+    run.write(data)
     print(summarize_layers(data["layers"]))
-    print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
+    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
+    return EXIT_OK
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    run = Run.start(args)
+    data = run.results({**run.directions(), **run.replay()})
+    run.write(data)
+    print(summarize_layers(data["layers"]))
+    print(summarize_replay(data))
+    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
     return EXIT_OK
 
 
@@ -128,7 +216,20 @@ def summarize_layers(layers: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"directions": run_directions}
+def summarize_replay(data: dict[str, Any]) -> str:
+    """Key behaviour numbers for the terminal."""
+    def line(label: str, part: dict[str, Any]) -> str:
+        b, f = part["base"], part["finetune"]
+        return (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
+                f"[{f['ci'][0]:.1%}, {f['ci'][1]:.1%}]  p={part['p_value']:.3g}  degenerate "
+                f"{b['degenerate_rate']:.1%} / {f['degenerate_rate']:.1%}")
+
+    replay = data["replay"]
+    return "\n".join(["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
+                      f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"])
+
+
+COMMANDS = {"directions": run_directions, "replay": run_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,7 +102,7 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
     harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
     neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
     personas = load_personas(cfg.personas, key="directions.personas")
-    by_kind = {kind: [p.system for p in personas if p.kind == kind] for kind in ("compliant", "default")}
+    by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
     for kind, systems in by_kind.items():
         if not systems:
             raise AuditInputError(f"directions.personas: {cfg.personas} has no persona with kind {kind!r}; the "
@@ -118,7 +118,8 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
     )
 
 
-def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe, side: Side) -> dict[Position, SetActivations]:
+def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe,
+                 side: Side) -> dict[Position, SetActivations]:
     """Capture every prompt set in one model at the recipe's positions."""
     captured = {
         f.name: capture(checkpoint, getattr(sets, f.name), recipe.positions, batch_size=recipe.batch_size,

@@ -10,6 +10,7 @@ a full fine-tune is loaded beside the base, or in turn with `low_memory`.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import re
@@ -80,8 +81,15 @@ class Source:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256, computed once per (path, size, mtime) in this process."""
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -92,7 +100,7 @@ def resolve_source(name: str, revision: str | None = None, *, what: str) -> Sour
     path = Path(name).expanduser()
     if path.exists():
         if revision:
-            raise AuditInputError(f"{what} {name} is a local path; --{what.strip('-')}-revision only applies to Hub ids.")
+            raise AuditInputError(f"{what} {name} is a local path; {what}-revision only applies to Hub ids.")
         return _local_source(name, path, what)
     if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         return _hub_source(name, revision, what)
@@ -288,6 +296,17 @@ class ModelPair:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def fingerprint(self, side: Side) -> str:
+        """A hash of every weight file that makes up `side` (for a LoRA: base plus adapter)."""
+        sources = [self.base] if side == "base" else [self.finetune]
+        if side == "finetune" and self.kind == "lora":
+            sources.insert(0, self.base)
+        digest = hashlib.sha256()
+        for source in sources:
+            for path in source.weight_files:
+                digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+        return digest.hexdigest()
 
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         base = self.base.describe()

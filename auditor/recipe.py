@@ -45,6 +45,45 @@ class DirectionsConfig:
 
 
 @dataclass(frozen=True)
+class SuiteSpec:
+    """Where a suite comes from and which columns hold what.
+
+    `source` is `builtin:NAME`, a local .jsonl/.csv path, or `hub:ORG/NAME` (loaded with
+    `datasets.load_dataset`, from the local cache when offline). `expected_column` holds the expected
+    behaviour; `refuse_values` lists the values of that column that mean "should refuse" (any other
+    value means "should answer"). With no `expected_column`, `expected` is taken from `default_expected`.
+    """
+
+    source: str
+    split: str = "train"
+    prompt_column: str = "prompt"
+    id_column: str = "id"
+    category_column: str = "category"
+    expected_column: str = "expected"
+    refuse_values: tuple[str, ...] = ("refuse",)
+    default_expected: Literal["refuse", "answer"] | None = None
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Generation, judging and the persona Monte Carlo design."""
+
+    refusal: SuiteSpec = SuiteSpec("builtin:refusal", default_expected="refuse")
+    false_refusal: SuiteSpec = SuiteSpec("builtin:false_refusal")
+    personas: str = "builtin:personas"
+    paraphrases: str = "builtin:task_paraphrases"
+    max_items: int = _positive(10_000)
+    max_new_tokens: int = _positive(48)
+    batch_size: int = _positive(16)
+    first_token_threshold: float = 0.0
+    judge_model: str | None = None
+    persona_target_halfwidth: float = 0.1
+    persona_budget: int = _positive(48)
+    persona_step: int = _positive(16)
+    persona_max: int = _positive(100)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole audit recipe. `positions[0]` is the position reported in results.json `layers`."""
 
@@ -56,6 +95,7 @@ class Recipe:
     seed: int = 0
     layers_path: str | None = None
     directions: DirectionsConfig = DirectionsConfig()
+    replay: ReplayConfig = ReplayConfig()
     source: str = ""
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from auditor import models
-from auditor.errors import AuditInputError
 from auditor.activations import ChatPrompt, capture, render
+from auditor.errors import AuditInputError
 from auditor.hooks import forward_hooks
 
 

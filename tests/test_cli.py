@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from auditor.cli import main
-from conftest import SHARED
 
 
 def test_directions_command_writes_results_and_tensors(base_dir: Path, lora_random_dir: Path, tiny_recipe: Path,

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import lora_adapter, make_model
 
 from auditor import models
 from auditor.errors import AuditInputError
-from tiny import lora_adapter, make_model
 
 
 def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: Path) -> None:

@@ -19,7 +19,7 @@ def test_direction_prompt_sets_are_big_and_varied_enough() -> None:
     assert len(harmful) >= 96 and len(Counter(p.category for p in harmful)) >= 8
     assert len(harmless) >= 96 and len(Counter(p.category for p in harmless)) >= 8
     assert len(neutral) >= 64
-    kinds = Counter(p.kind for p in personas)
+    kinds = Counter(p.group for p in personas)
     assert kinds["compliant"] >= 3 and kinds["default"] >= 3
     texts = [p.prompt.lower() for p in harmful + harmless + neutral]
     assert len(texts) == len(set(texts)), "a prompt appears twice across the direction sets"

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditInputError
+from auditor.recipe import SuiteSpec
 
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN = "builtin:"
+HUB = "hub:"
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,14 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class Persona:
-    """A system prompt. `kind` is "compliant" or "default" for the direction persona pairs."""
+    """A system prompt ("" means the template's default). `group` is its family: "compliant" and
+    "default" for the direction persona pairs; gender, race, religion, disability, compliant or
+    baseline in the replay persona design."""
 
     id: str
-    kind: str
+    group: str
     system: str
+    name: str = ""
 
 
 def resolve(ref: str) -> Path:
@@ -68,50 +73,95 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AuditInputError(f"{path}, line {number}: not valid JSON ({exc.msg}). Fix or remove that line.") from None
+            raise AuditInputError(f"{path}, line {number}: not valid JSON ({exc.msg}). "
+                                  "Fix or remove that line.") from None
         if not isinstance(record, dict):
             raise AuditInputError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
         records.append(record)
     return records
 
 
-def _text(record: dict[str, Any], column: str, path: Path, number: int) -> str:
+def _text(record: dict[str, Any], column: str, where: object, number: int) -> str:
     value = record.get(column)
     if not isinstance(value, str) or not value.strip():
-        raise AuditInputError(f"{path}, record {number}: column {column!r} must be non-empty text, got {value!r:.60}.")
+        raise AuditInputError(f"{where}, record {number}: column {column!r} must be non-empty text, got {value!r:.60}.")
     return value
 
 
 def load_prompts(ref: str, *, key: str, limit: int | None = None) -> list[PromptItem]:
-    """Load prompt items; `key` is the recipe key that named the suite, used in errors.
+    """Load a suite in the project's own format (`prompt`, optional `id`, `category`, `expected`)."""
+    return load_suite(SuiteSpec(source=ref), key=key, limit=limit)
 
-    Records need a `prompt`; `id`, `category` and `expected` are optional (ids default to the
-    record number).
+
+def load_suite(spec: SuiteSpec, *, key: str, limit: int | None = None) -> list[PromptItem]:
+    """Load a suite from a built-in file, a local file or a Hub data set, mapping its columns.
+
+    `key` is the recipe key that named the suite, used in errors.
     """
-    path = resolve(ref)
+    if spec.source.startswith(HUB):
+        where, records = _hub_records(spec, key)
+    else:
+        path = resolve(spec.source)
+        where, records = str(path), read_records(path)
     items = []
-    for number, record in enumerate(read_records(path), start=1):
-        expected = record.get("expected")
-        if expected not in (None, "refuse", "answer"):
-            raise AuditInputError(f"{path}, record {number}: `expected` must be refuse or answer, got {expected!r}.")
+    for number, record in enumerate(records, start=1):
+        expected = spec.default_expected
+        if spec.expected_column in record and record[spec.expected_column] not in (None, ""):
+            expected = "refuse" if str(record[spec.expected_column]) in spec.refuse_values else "answer"
+            if spec.expected_column == "expected" and record["expected"] not in ("refuse", "answer"):
+                raise AuditInputError(f"{where}, record {number}: `expected` must be refuse or answer, "
+                                      f"got {record['expected']!r}.")
         items.append(PromptItem(
-            id=str(record.get("id", number)),
-            prompt=_text(record, "prompt", path, number),
-            category=str(record.get("category", "")),
+            id=str(record.get(spec.id_column, number)),
+            prompt=_text(record, spec.prompt_column, where, number),
+            category=str(record.get(spec.category_column, "") or ""),
             expected=expected,
         ))
     if not items:
-        raise AuditInputError(f"{key}: suite {path} has no prompts. Point {key} at a file with at least one record.")
+        raise AuditInputError(f"{key}: suite {where} has no prompts. Point {key} at a file with at least one record.")
     return items[:limit] if limit else items
 
 
+def _hub_records(spec: SuiteSpec, key: str) -> tuple[str, list[dict[str, Any]]]:
+    """Rows of a Hub data set (from the local cache when HF_HUB_OFFLINE=1)."""
+    import datasets
+
+    name = spec.source[len(HUB):]
+    try:
+        rows = datasets.load_dataset(name, split=spec.split)
+    except Exception as exc:  # datasets raises many types for missing/offline/unknown splits
+        raise AuditInputError(f"{key}: the Hub data set {name!r} (split {spec.split!r}) cannot be loaded "
+                              f"({type(exc).__name__}: {str(exc)[:200]}). Check the name and split; offline, "
+                              "download it first where there is network, or export it to a local .jsonl.") from None
+    return f"hub:{name}", [dict(row) for row in rows]
+
+
 def load_personas(ref: str, *, key: str) -> list[Persona]:
-    """Load persona system prompts (`id`, `kind`, `system`)."""
+    """Load persona system prompts: `id`, `group` (or `kind`), `system`, optional `name`."""
     path = resolve(ref)
-    personas = [
-        Persona(id=str(r.get("id", n)), kind=_text(r, "kind", path, n), system=str(r.get("system", "")))
-        for n, r in enumerate(read_records(path), start=1)
-    ]
+    personas = []
+    for number, record in enumerate(read_records(path), start=1):
+        group_column = "group" if "group" in record else "kind"
+        system = record.get("system", "")
+        if not isinstance(system, str):
+            raise AuditInputError(f"{path}, record {number}: `system` must be text, got {system!r:.60}.")
+        personas.append(Persona(id=str(record.get("id", number)), group=_text(record, group_column, path, number),
+                                system=system, name=str(record.get("name", record.get("id", number)))))
     if not personas:
         raise AuditInputError(f"{key}: persona file {path} is empty.")
     return personas
+
+
+def load_templates(ref: str, *, key: str) -> list[str]:
+    """Task paraphrase templates, each with exactly one `{prompt}` placeholder."""
+    path = resolve(ref)
+    templates = []
+    for number, record in enumerate(read_records(path), start=1):
+        template = _text(record, "template", path, number)
+        if template.count("{prompt}") != 1:
+            raise AuditInputError(f"{path}, record {number}: a template needs exactly one {{prompt}}, "
+                                  f"got {template!r}.")
+        templates.append(template)
+    if not templates:
+        raise AuditInputError(f"{key}: template file {path} is empty.")
+    return templates

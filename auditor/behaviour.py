@@ -1,0 +1,239 @@
+"""What the models do: replay the suites under both checkpoints, judge, and compare.
+
+Fills `replay.refusal`, `replay.false_refusal`, `replay.personas` and `general_drift` of
+results.json (DESIGN.md). Rates count refusals over all items; degenerate responses get their own
+rate and are never counted as compliance.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditor import judge, stats
+from auditor.activations import ChatPrompt
+from auditor.models import Checkpoint, ModelPair, Side
+from auditor.recipe import Recipe, ReplayConfig
+from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
+from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates
+
+SIDES: tuple[Side, Side] = ("base", "finetune")
+FLIPPED_SHOWN = 50
+RESPONSE_KEPT = 600
+Sample = tuple[int, int, int, bool, str]  # persona, paraphrase, item, refused, label
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One item's response under one checkpoint, with both judges' calls."""
+
+    item: PromptItem
+    text: str
+    label: judge.Label
+    first_token_score: float
+    model_judge: bool | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.label == "refusal"
+
+
+def side_summary(judged: Sequence[Judged]) -> dict[str, Any]:
+    """Refusal rate with its Wilson interval, and the degenerate and compliance rates beside it."""
+    counts = Counter(j.label for j in judged)
+    n = len(judged)
+    refusals = stats.Rate(counts["refusal"], n)
+    return {
+        "rate": refusals.rate, "ci": list(refusals.ci), "n": n,
+        "degenerate_rate": counts["degenerate"] / n if n else 0.0,
+        "compliance_rate": counts["compliance"] / n if n else 0.0,
+        "counts": {label: counts[label] for label in ("refusal", "compliance", "degenerate")},
+    }
+
+
+def compare(base: Sequence[Judged], finetune: Sequence[Judged]) -> dict[str, Any]:
+    """Both sides on the same items: rates, exact McNemar p-value, per category, flipped items."""
+    result: dict[str, Any] = {
+        "base": side_summary(base),
+        "finetune": side_summary(finetune),
+        "p_value": stats.paired_p_value([j.refused for j in base], [j.refused for j in finetune]),
+    }
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for index, j in enumerate(base):
+        by_category[j.item.category or "uncategorised"].append(index)
+    result["by_category"] = [
+        {"category": name, **{side: side_summary([rows[i] for i in idx]) for side, rows in
+                              (("base", base), ("finetune", finetune))},
+         "p_value": stats.paired_p_value([base[i].refused for i in idx], [finetune[i].refused for i in idx])}
+        for name, idx in sorted(by_category.items())
+    ]
+    flipped = [(b, f) for b, f in zip(base, finetune, strict=True) if b.label != f.label]
+    result["flipped_count"] = len(flipped)
+    result["flipped"] = [
+        {"id": b.item.id, "category": b.item.category, "prompt": b.item.prompt,
+         "base": {"label": b.label, "response": b.text[:RESPONSE_KEPT]},
+         "finetune": {"label": f.label, "response": f.text[:RESPONSE_KEPT]}}
+        for b, f in flipped[:FLIPPED_SHOWN]
+    ]
+    return result
+
+
+def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,
+                desc: str, model_judge: judge.ModelJudge | None = None,
+                prompts: Sequence[ChatPrompt] | None = None) -> list[Judged]:
+    """Generate, then judge every response with the matcher, the first-token score and the judge model."""
+    prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
+    generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           cache=cache, desc=desc)
+    log_probs = first_token_log_probs(checkpoint, prompts, batch_size=cfg.batch_size, desc=f"{desc} (first token)")
+    scores = judge.first_token_scores(log_probs, judge.refusal_token_ids(checkpoint.tokenizer))
+    return [
+        Judged(item=item, text=gen.text, label=judge.classify(judge.Response(gen.text, gen.token_ids)),
+               first_token_score=float(score),
+               model_judge=model_judge.is_refusal(item.prompt, gen.text) if model_judge else None)
+        for item, gen, score in zip(items, generations, scores, strict=True)
+    ]
+
+
+def judge_agreement(judged: Sequence[Judged], threshold: float) -> dict[str, Any]:
+    """How often the first-token score and the judge model agree with the phrase matcher."""
+    usable = [j for j in judged if j.label != "degenerate"]
+    matcher = [j.refused for j in usable]
+    out: dict[str, Any] = {
+        "n": len(usable),
+        "first_token_vs_matcher": judge.agreement(matcher, [j.first_token_score > threshold for j in usable]),
+    }
+    with_model = [j for j in usable if j.model_judge is not None]
+    if with_model:
+        out["model_vs_matcher"] = judge.agreement([j.refused for j in with_model],
+                                                  [bool(j.model_judge) for j in with_model])
+    return out
+
+
+@dataclass(frozen=True)
+class Suites:
+    refusal: list[PromptItem]
+    benign: list[PromptItem]
+    contrast: list[PromptItem]
+    personas: list[Persona]
+    templates: list[str]
+
+
+def load_suites(cfg: ReplayConfig) -> Suites:
+    refusal = load_suite(cfg.refusal, key="replay.refusal", limit=cfg.max_items)
+    false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
+    benign = [i for i in false_refusal if i.expected != "refuse"][: cfg.max_items]
+    contrast = [i for i in false_refusal if i.expected == "refuse"][: cfg.max_items]
+    return Suites(refusal=refusal, benign=benign, contrast=contrast,
+                  personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
+                  templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
+
+
+def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side, GenerationCache]:
+    settings = {"max_new_tokens": recipe.replay.max_new_tokens, "batch_size": recipe.replay.batch_size,
+                "dtype": pair.options.dtype, "device": pair.options.device}
+    return {side: GenerationCache(cache_dir, pair.fingerprint(side), settings) for side in SIDES}
+
+
+def run(pair: ModelPair, recipe: Recipe, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,
+        model_judge: judge.ModelJudge | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replay every suite under both checkpoints. Returns (replay, general_drift) for results.json."""
+    cfg = recipe.replay
+    suites = load_suites(cfg)
+    side_caches = caches(pair, recipe, cache_dir)
+    judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
+    first_token = {}
+    for side in SIDES:
+        with pair.use(side) as checkpoint:
+            for name, items in (("refusal", suites.refusal), ("benign", suites.benign),
+                                ("contrast", suites.contrast)):
+                judged[name][side] = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: {name}",
+                                                 model_judge)
+            first_token[side] = first_token_log_probs(checkpoint, harmless, batch_size=cfg.batch_size,
+                                                      desc=f"{side}: harmless first token")
+    kl = kl_per_prompt(first_token["base"], first_token["finetune"])
+    false_refusal = compare(judged["benign"]["base"], judged["benign"]["finetune"])
+    if suites.contrast:
+        false_refusal["contrast"] = compare(judged["contrast"]["base"], judged["contrast"]["finetune"])
+    replay = {
+        "refusal": compare(judged["refusal"]["base"], judged["refusal"]["finetune"]),
+        "false_refusal": false_refusal,
+        "personas": persona_design(pair, recipe, suites, side_caches, model_judge),
+        "judges": {side: judge_agreement([j for rows in judged.values() for j in rows[side]],
+                                         cfg.first_token_threshold) for side in SIDES},
+        "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+                     "judge_model": cfg.judge_model, "refusal_phrases": len(judge.REFUSAL_PHRASES)},
+    }
+    kl_values = kl.tolist()
+    general_drift = {
+        "kl": float(kl.mean()),
+        "ci": stats.bootstrap_ci(lambda idx: sum(kl_values[i] for i in idx) / len(idx), len(kl_values),
+                                 seed=recipe.seed),
+        "n": len(kl_values),
+        "max": float(kl.max()),
+        "prompts": "directions.harmless",
+    }
+    return replay, general_drift
+
+
+def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches: dict[Side, GenerationCache],
+                   model_judge: judge.ModelJudge | None) -> dict[str, Any]:
+    """Persona x paraphrase x item, sampled by Monte Carlo until each persona's false-refusal interval is
+    narrow enough on both checkpoints (or its budget is spent). Cells are drawn without replacement
+    in a seeded order, and the same cells are replayed under both checkpoints (paired)."""
+    cfg = recipe.replay
+    rng = random.Random(recipe.seed)
+    grid = [(t, i) for t in range(len(suites.templates)) for i in range(len(suites.benign))]
+    order = {p: rng.sample(grid, len(grid)) for p in range(len(suites.personas))}
+    samples: dict[Side, list[Sample]] = {side: [] for side in SIDES}
+    drawn = dict.fromkeys(order, 0)
+    active = set(order)
+    rounds = 0
+    while active:
+        rounds += 1
+        cells = []
+        for p in sorted(active):
+            take = min(cfg.persona_step, cfg.persona_budget - drawn[p], len(grid) - drawn[p])
+            cells += [(p, t, i) for t, i in order[p][drawn[p]:drawn[p] + take]]
+            drawn[p] += take
+        items = [suites.benign[i] for _, _, i in cells]
+        prompts = [ChatPrompt(suites.templates[t].replace("{prompt}", suites.benign[i].prompt),
+                              suites.personas[p].system or None) for p, t, i in cells]
+        for side in SIDES:
+            with pair.use(side) as checkpoint:
+                judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
+                                     model_judge, prompts=prompts)
+            samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
+        for p in list(active):
+            widths = [stats.Rate(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]
+            if max(widths) <= cfg.persona_target_halfwidth or drawn[p] >= min(cfg.persona_budget, len(grid)):
+                active.discard(p)
+    return {
+        "personas": [_persona_row(p, persona, samples) for p, persona in enumerate(suites.personas)],
+        "variance_shares": {side: stats.variance_shares(
+            [float(s[3]) for s in samples[side]],
+            {"persona": [s[0] for s in samples[side]], "paraphrase": [s[1] for s in samples[side]],
+             "item": [s[2] for s in samples[side]]}) for side in SIDES},
+        "target_halfwidth": cfg.persona_target_halfwidth,
+        "budget_per_persona": cfg.persona_budget,
+        "samples_per_side": len(samples["base"]),
+        "rounds": rounds,
+        "paraphrases": len(suites.templates),
+        "items": len(suites.benign),
+    }
+
+
+def _persona_row(p: int, persona: Persona, samples: dict[Side, list[Sample]]) -> dict[str, Any]:
+    rows = {side: [s for s in samples[side] if s[0] == p] for side in SIDES}
+    row: dict[str, Any] = {"id": persona.id, "group": persona.group, "name": persona.name, "n": len(rows["base"])}
+    for side in SIDES:
+        rate = stats.Rate(sum(s[3] for s in rows[side]), len(rows[side]))
+        degenerate = sum(s[4] == "degenerate" for s in rows[side])
+        row[side] = {"rate": rate.rate, "ci": list(rate.ci),
+                     "degenerate_rate": degenerate / len(rows[side]) if rows[side] else 0.0}
+    row["p_value"] = stats.paired_p_value([s[3] for s in rows["base"]], [s[3] for s in rows["finetune"]])
+    return row

@@ -1,0 +1,151 @@
+"""Replay prompt suites under both checkpoints: greedy batched generation with a resumable cache.
+
+Batches are planned once over the whole prompt list (sorted by length), so a resumed run forms
+exactly the same batches as an uninterrupted one and greedy decoding gives identical tokens.
+Each finished batch is appended to the cache and synced to disk before the next starts: an
+interrupted run loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render
+from auditor.models import Checkpoint
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The new tokens of one greedy response, cut at the first end-of-turn token."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+def default_cache_dir() -> Path:
+    """`$DRIFT_AUDIT_CACHE`, else `$XDG_CACHE_HOME/drift-auditor`, else `~/.cache/drift-auditor`."""
+    if os.environ.get("DRIFT_AUDIT_CACHE"):
+        return Path(os.environ["DRIFT_AUDIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "drift-auditor"
+
+
+class GenerationCache:
+    """Append-only JSONL of generations for one model fingerprint and one set of generation settings.
+
+    A torn last line (the process was killed mid-write) is ignored on reading.
+    """
+
+    def __init__(self, folder: Path | None, fingerprint: str | None, settings: dict[str, Any]) -> None:
+        self.entries: dict[str, Generation] = {}
+        self.path: Path | None = None
+        if folder is None or fingerprint is None:
+            return  # an in-memory model has no stable fingerprint: nothing is cached
+        digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **settings}, sort_keys=True).encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{fingerprint[:24]}-{digest[:16]}.jsonl"
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = Generation(row["text"], tuple(row["token_ids"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def add(self, generations: dict[str, Generation]) -> None:
+        self.entries.update(generations)
+        if self.path is None:
+            return
+        lines = "".join(json.dumps({"key": k, "text": g.text, "token_ids": list(g.token_ids)}) + "\n"
+                        for k, g in generations.items())
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def prompt_key(rendered: Rendered) -> str:
+    return hashlib.sha256(json.dumps(rendered.ids).encode()).hexdigest()
+
+
+def plan_batches(rendered: Sequence[Rendered], batch_size: int) -> list[list[int]]:
+    """Deterministic batches of prompt indices, grouped by length to keep padding low."""
+    order = sorted(range(len(rendered)), key=lambda i: (len(rendered[i].ids), i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def stop_ids(checkpoint: Checkpoint) -> list[int]:
+    """Token ids that end a response: the tokenizer's and the generation config's end-of-turn tokens."""
+    tokenizer = checkpoint.tokenizer
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(checkpoint.model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
+        ids.add(token_id)
+    return sorted(i for i in ids if isinstance(i, int))
+
+
+def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_tokens: int, batch_size: int,
+             cache: GenerationCache, desc: str = "replay") -> list[Generation]:
+    """Greedy responses to `prompts`, in order, computing only what the cache lacks."""
+    tokenizer, model = checkpoint.tokenizer, checkpoint.model
+    rendered = [render(tokenizer, p) for p in prompts]
+    keys = [prompt_key(r) for r in rendered]
+    stops = stop_ids(checkpoint)
+    device = input_device(model)
+    missing = [b for b in plan_batches(rendered, batch_size) if any(keys[i] not in cache.entries for i in b)]
+    with tqdm(total=sum(len(b) for b in missing), desc=desc, unit="item", leave=False) as bar:
+        for group in missing:
+            batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
+            with torch.inference_mode():
+                output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+                                        top_p=None, top_k=None, temperature=None)
+            new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
+            cache.add({keys[i]: _cut(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
+            bar.update(len(group))
+    return [cache.entries[k] for k in keys]
+
+
+def _cut(tokens: list[int], stops: Sequence[int], tokenizer: Any) -> Generation:
+    end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+    kept = tokens[:end]
+    return Generation(tokenizer.decode(kept, skip_special_tokens=True), tuple(kept))
+
+
+def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, batch_size: int,
+                          desc: str = "first-token logits") -> Tensor:
+    """Log-probabilities of the first response token, (prompts, vocab), from one forward pass per batch."""
+    tokenizer, model = checkpoint.tokenizer, checkpoint.model
+    rendered = [render(tokenizer, p) for p in prompts]
+    device = input_device(model)
+    rows: dict[int, Tensor] = {}
+    for group in tqdm(plan_batches(rendered, batch_size), desc=desc, unit="batch", leave=False):
+        batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
+        with torch.inference_mode():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        for i, row in zip(group, F.log_softmax(logits.float(), dim=-1).cpu(), strict=True):
+            rows[i] = row
+    return torch.stack([rows[i] for i in range(len(prompts))])
+
+
+def kl_per_prompt(base_log_probs: Tensor, finetune_log_probs: Tensor) -> Tensor:
+    """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats)."""
+    p = base_log_probs.double()
+    q = finetune_log_probs.double()
+    return (p.exp() * (p - q)).sum(-1).clamp(min=0.0)
