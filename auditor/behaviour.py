@@ -61,6 +61,7 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged]) -> dict[str, Any
         "base": side_summary(base),
         "finetune": side_summary(finetune),
         "p_value": stats.paired_p_value([j.refused for j in base], [j.refused for j in finetune]),
+        "difference": paired_difference([j.refused for j in base], [j.refused for j in finetune]),
     }
     by_category: dict[str, list[int]] = defaultdict(list)
     for index, j in enumerate(base):
@@ -80,6 +81,14 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged]) -> dict[str, Any
         for b, f in flipped[:FLIPPED_SHOWN]
     ]
     return result
+
+
+def paired_difference(base: Sequence[bool], finetune: Sequence[bool]) -> dict[str, Any]:
+    """Fine-tune minus base rate on the same items, with a paired percentile-bootstrap 95% interval."""
+    n = len(base)
+    delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
+    ci = stats.bootstrap_ci(lambda idx: sum(delta[i] for i in idx) / len(idx), n, reps=2000) if n else None
+    return {"value": sum(delta) / n if n else 0.0, "ci": list(ci) if ci else [-1.0, 1.0]}
 
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,

@@ -7,6 +7,7 @@ fix; the traceback only with --debug), 3 an internal error (a bug: the traceback
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor import __version__
+from auditor.directions import DirectionsResult
 from auditor.errors import AuditInputError
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
@@ -75,6 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(replay)
     _replay_options(replay)
+    audit = commands.add_parser(
+        "audit", help="the whole audit: directions, replay, attribution, verdict and report",
+        description="Run directions, replay and persona attribution, decide the verdict from the recipe's "
+                    "thresholds, and write DIR/report.html, DIR/results.json and DIR/summary.md. "
+                    "Exit code 1 when the verdict is fail.",
+    )
+    _model_options(audit)
+    _replay_options(audit)
+    report = commands.add_parser(
+        "report", help="re-render report.html and summary.md from a results.json, without running models",
+        description="Re-render the HTML report and the Markdown summary from an existing results.json.",
+    )
+    report.add_argument("results", type=Path, help="a results.json written by `drift-audit audit`")
+    report.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: beside results.json)")
+    demo = commands.add_parser(
+        "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
+        description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
+                    "`persona` fine-tune and against the `benign` control. Writes DIR/persona/ and DIR/benign/.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
+                      help="output folder (default: reports/demo)")
+    demo.add_argument("--recipe", default="demo", metavar="NAME|PATH", help="audit recipe (default: demo)")
+    demo.add_argument("--cache-dir", type=Path, metavar="DIR",
+                      help="where organisms and generations are cached (default: ~/.cache/drift-auditor)")
     return parser
 
 
@@ -102,6 +128,7 @@ class Run:
     pair: ModelPair
     timings: Timings
     started: float
+    measured: DirectionsResult | None = None
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> Run:
@@ -133,6 +160,7 @@ class Run:
 
         with self.timings.stage("directions"):
             measured = directions.measure(self.pair, self.recipe)
+        self.measured = measured
         directions.save_directions(self.out / "directions.safetensors", measured,
                                    {"base": self.args.base, "finetune": self.args.finetune})
         by_position = directions.layers_json(measured)
@@ -143,16 +171,27 @@ class Run:
             "prompt_counts": measured.counts,
         }
 
-    def replay(self) -> dict[str, Any]:
-        from auditor import behaviour, directions, judge, replay
+    @property
+    def cache_dir(self) -> Path | None:
+        from auditor.replay import default_cache_dir
 
-        cache_dir = None if self.args.no_cache else (self.args.cache_dir or replay.default_cache_dir()) / "replay"
+        return None if self.args.no_cache else (self.args.cache_dir or default_cache_dir()) / "replay"
+
+    def replay(self) -> dict[str, Any]:
+        from auditor import behaviour, directions, judge
+
         model_judge = judge.load_judge(self.recipe.replay.judge_model, self.pair.options) \
             if self.recipe.replay.judge_model else None
         with self.timings.stage("replay"):
             replayed, drift = behaviour.run(self.pair, self.recipe, directions.prompt_sets(self.recipe).harmless,
-                                            cache_dir=cache_dir, model_judge=model_judge)
+                                            cache_dir=self.cache_dir, model_judge=model_judge)
         return {"replay": replayed, "general_drift": drift}
+
+    def attribution(self) -> dict[str, Any]:
+        from auditor import attribution
+
+        with self.timings.stage("attribution"):
+            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir)}
 
     def results(self, parts: dict[str, Any]) -> dict[str, Any]:
         from auditor import results
@@ -204,6 +243,55 @@ def run_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_audit(args: argparse.Namespace) -> int:
+    from auditor import report, verdict
+
+    run = Run.start(args)
+    parts = {**run.directions(), **run.replay()}
+    parts.update(run.attribution())
+    decided = verdict.decide(parts, run.recipe.thresholds)
+    data = run.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
+    rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
+    run.write(data)
+    rendered.write(run.out)
+    print(summarize_replay(data))
+    print(f"\nverdict: {decided.verdict.upper()}")
+    for reason in decided.reasons:
+        print(f"  - {reason}")
+    print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
+    return verdict.EXIT_CODES[decided.verdict]
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from auditor import report, results
+
+    data = report.load_results(args.results)
+    out = results.prepare_out_dir(args.out or args.results.parent)
+    html, summary = report.render(data).write(out)
+    print(f"wrote {html} and {summary}")
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from auditor import organisms
+    from auditor.replay import default_cache_dir
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    paths = organisms.build_all(cache_dir)
+    verdicts = {}
+    for name in ("persona", "benign"):
+        print(f"\n=== auditing aligned vs {name} ===")
+        audit_args = build_parser().parse_args([
+            "audit", "--base", str(paths["aligned"]), "--finetune", str(paths[name]), "--recipe", args.recipe,
+            "--out", str(args.out / name), "--cache-dir", str(cache_dir)])
+        run_audit(audit_args)
+        verdicts[name] = json.loads((args.out / name / "results.json").read_text())["verdict"]
+    print("\n=== demo verdicts ===")
+    for name, level in verdicts.items():
+        print(f"{name:>8}: {level.upper():<5} {args.out / name / 'report.html'}")
+    return EXIT_OK
+
+
 def summarize_layers(layers: list[dict[str, Any]]) -> str:
     """A per-layer table for the terminal; `*` marks a shift beyond its noise floor."""
     lines = ["layer  refusal_cos  persona_cos  persona_shift  refusal_shift"]
@@ -229,7 +317,8 @@ def summarize_replay(data: dict[str, Any]) -> str:
                       f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"])
 
 
-COMMANDS = {"directions": run_directions, "replay": run_replay}
+COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "report": run_report,
+            "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

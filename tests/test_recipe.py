@@ -47,7 +47,7 @@ def test_bad_recipes_name_the_key(tmp_path: Path, text: str, message: str) -> No
 
 
 def test_missing_recipe_lists_known_ones() -> None:
-    with pytest.raises(AuditInputError, match="default, quick"):
+    with pytest.raises(AuditInputError, match="default, demo, quick"):
         load_recipe("no-such-recipe")
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SHARED
 
 from auditor import models
 from auditor.activations import ChatPrompt
 from auditor.cli import main
 from auditor.replay import GenerationCache, generate
-from conftest import SHARED
 
 PROMPTS = [ChatPrompt(f"Question number {i}: what is {i} plus {i * 3}?") for i in range(10)]
 

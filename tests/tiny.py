@@ -35,7 +35,7 @@ def make_tokenizer() -> object:
     return fast
 
 
-def make_model(path: Path, *, hidden: int = 32, layers: int = 4, seed: int = 0) -> Path:
+def make_model(path: Path, *, hidden: int = 32, layers: int = 4, seed: int = 0, mlp_bias: bool = False) -> Path:
     """Save a random Llama-architecture chat model (safetensors + tokenizer) to `path`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -43,7 +43,7 @@ def make_model(path: Path, *, hidden: int = 32, layers: int = 4, seed: int = 0) 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=False,
+                         max_position_embeddings=512, tie_word_embeddings=False, mlp_bias=mlp_bias,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)

@@ -1,0 +1,133 @@
+"""The HTML audit report and the Markdown summary, rendered from results.json alone.
+
+One self-contained HTML file: CSS and SVG charts inline, no script, no external URL, so it opens
+offline and can be attached to a review. Jinja2 autoescaping is on for every template; model
+responses are also truncated and shown collapsed, so harmful text is never expanded by default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from auditor.errors import AuditInputError
+from auditor.report import charts
+from auditor.results import SCHEMA, atomic_write_text
+
+SHOWN_CHARS = 300
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("auditor.report", "templates"),
+                      autoescape=select_autoescape(["html", "j2"], default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
+    env.filters["ci"] = lambda ci: "n/a" if not ci else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+    env.filters["num"] = lambda v, digits=3: "n/a" if v is None else f"{v:.{digits}g}"
+    env.filters["truncate_text"] = lambda text: text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " [...]"
+    return env
+
+
+def layer_charts(layers: list[dict[str, Any]]) -> list[Any]:
+    """The four per-layer charts with their noise-floor bands."""
+    col = {key: [row[key] for row in layers] for key in layers[0]} if layers else {}
+    if not col:
+        return []
+    return [
+        charts.line_chart("refusal_cos: base vs fine-tune refusal direction",
+                          [charts.Series("cosine", col["refusal_cos"])],
+                          band=[(f, 1.0) for f in col["refusal_cos_floor"]], reference=1.0),
+        charts.line_chart("persona_cos: base vs fine-tune persona direction",
+                          [charts.Series("cosine", col["persona_cos"], charts.COLOURS[2])],
+                          band=[(f, 1.0) for f in col["persona_cos_floor"]], reference=1.0),
+        charts.line_chart("persona_shift (1.0 = as far as the persona prompt)",
+                          [charts.Series("shift", col["persona_shift"], charts.COLOURS[1])],
+                          band=[(-f, f) for f in col["persona_shift_floor"]], reference=0.0),
+        charts.line_chart("refusal_shift on harmful prompts (units of |r|)",
+                          [charts.Series("shift", col["refusal_shift"], charts.COLOURS[3])],
+                          band=[(-f, f) for f in col["refusal_shift_floor"]], reference=0.0),
+    ]
+
+
+def persona_heatmap(personas: dict[str, Any]) -> Any:
+    rows = personas.get("personas", [])
+    if not rows:
+        return None
+    return charts.heatmap("False-refusal rate by persona", [r["name"] or r["id"] for r in rows],
+                          ["base", "fine-tune"], [[r["base"]["rate"], r["finetune"]["rate"]] for r in rows])
+
+
+def gating_chart(gating: dict[str, Any]) -> Any:
+    curve = gating.get("curve", [])
+    if not curve:
+        return None
+    return charts.rate_curve("Base refusal rate when steered toward the compliant persona",
+                             [c["strength"] for c in curve], [c["rate"] for c in curve], [c["ci"] for c in curve],
+                             "steering strength (units of the persona direction)")
+
+
+def render_html(results: dict[str, Any]) -> str:
+    check_schema(results)
+    replay = results.get("replay", {})
+    attribution = results.get("attribution", {})
+    return _environment().get_template("report.html.j2").render(
+        r=results, replay=replay, attribution=attribution,
+        layer_charts=layer_charts(results.get("layers", [])),
+        persona_heatmap=persona_heatmap(replay.get("personas", {})),
+        gating_chart=gating_chart(attribution.get("gating", {})),
+    )
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+
+
+def md_escape(text: str) -> str:
+    """Escape text for Markdown so nothing in it becomes a link, image, HTML or formatting."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def render_summary(results: dict[str, Any]) -> str:
+    check_schema(results)
+    env = _environment()
+    env.autoescape = False  # Markdown: every interpolated text goes through md_escape instead
+    env.filters["md"] = md_escape
+    return env.get_template("summary.md.j2").render(r=results, replay=results.get("replay", {}),
+                                                    attribution=results.get("attribution", {}))
+
+
+def check_schema(results: dict[str, Any]) -> None:
+    if results.get("schema") != SCHEMA:
+        raise AuditInputError(f"this is not a drift-audit results file (schema {results.get('schema')!r}, "
+                              f"expected {SCHEMA!r}).")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    html: str
+    summary: str
+
+    def write(self, out: Path) -> tuple[Path, Path]:
+        """Write report.html and summary.md atomically; returns their paths."""
+        html, summary = out / "report.html", out / "summary.md"
+        atomic_write_text(html, self.html)
+        atomic_write_text(summary, self.summary)
+        return html, summary
+
+
+def render(results: dict[str, Any]) -> Rendered:
+    """Both documents, rendered in memory (so a rendering error leaves no file behind)."""
+    return Rendered(render_html(results), render_summary(results))
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuditInputError(f"{path} cannot be read as results.json ({exc}).") from None
+    check_schema(data)
+    return data
