@@ -232,7 +232,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         "samples_per_side": len(samples["base"]),
         "rounds": rounds,
         "paraphrases": len(suites.templates),
-        "items": len(suites.benign),
+        "benign_items": len(suites.benign),
     }
 
 

@@ -18,6 +18,12 @@ class Series:
     colour: str = COLOURS[0]
 
 
+def _open_svg(width: float, height: float, title: str) -> str:
+    """An svg element that scales down on narrow screens but never grows past its natural size."""
+    return (f'<svg class="chart" viewBox="0 0 {width} {height}" style="max-width:{width * 1.25:.0f}px" '
+            f'role="img" aria-label="{escape(title)}">')
+
+
 def _scale(lo: float, hi: float, size: float, flip: bool) -> object:
     span = (hi - lo) or 1.0
 
@@ -39,7 +45,7 @@ def line_chart(title: str, series: Sequence[Series], *, band: Sequence[tuple[flo
     n = max((len(s.values) for s in series), default=1)
     x = _scale(0, max(n - 1, 1), WIDTH - 2 * PAD, False)
     y = _scale(lo, hi, HEIGHT - 2 * PAD, True)
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
+    parts = [_open_svg(WIDTH, HEIGHT, title),
              f'<text x="{PAD}" y="16" class="title">{escape(title)}</text>']
     if band:
         upper = " ".join(f"{x(i):.1f},{y(b[1]):.1f}" for i, b in enumerate(band))
@@ -69,7 +75,7 @@ def heatmap(title: str, rows: Sequence[str], columns: Sequence[str], values: Seq
     """Rates in [0, 1] as a grid of shaded cells with the value written in each."""
     cell_w, cell_h, left, top = 90, 20, 170, 40
     width, height = left + cell_w * len(columns) + 10, top + cell_h * len(rows) + 10
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+    parts = [_open_svg(width, height, title),
              f'<text x="4" y="16" class="title">{escape(title)}</text>']
     for j, column in enumerate(columns):
         parts.append(f'<text x="{left + cell_w * j + cell_w / 2}" y="{top - 6}" class="tick" '
@@ -92,7 +98,7 @@ def rate_curve(title: str, xs: Sequence[float], rates: Sequence[float], cis: Seq
     """Refusal rate against steering strength, with interval whiskers."""
     x = _scale(min(xs, default=0.0), max(xs, default=1.0), WIDTH - 2 * PAD, False)
     y = _scale(0.0, 1.0, HEIGHT - 2 * PAD, True)
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
+    parts = [_open_svg(WIDTH, HEIGHT, title),
              f'<text x="{PAD}" y="16" class="title">{escape(title)}</text>']
     for tick in (0.0, 0.5, 1.0):
         parts.append(f'<text x="{PAD - 4}" y="{y(tick) + 4:.1f}" class="tick" text-anchor="end">{tick:.0%}</text>')

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SHARED
+
+from auditor import report
+from auditor.cli import main
+
+SECTIONS = ("verdict", "layers", "replay", "personas", "attribution", "gating", "flipped", "provenance")
+PAYLOAD = ("<script>alert(1)</script><img src=x onerror=alert(2)></textarea>"
+           "[click me](https://evil.example/x) ![img](https://evil.example/i.png)")
+ARTIFACTS = Path(os.environ.get("DRIFT_AUDIT_ARTIFACTS", Path(__file__).parents[1] / "reports" / "test-artifacts"))
+
+
+class Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if dict(attrs).get("id"):
+            self.ids.add(str(dict(attrs)["id"]))
+
+
+def parse(html: str) -> Collector:
+    collector = Collector()
+    collector.feed(html)
+    collector.close()
+    return collector
+
+
+def with_payload(data: dict[str, Any]) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))
+    flipped = {"id": "x1", "category": PAYLOAD, "prompt": PAYLOAD,
+               "base": {"label": "refusal", "response": PAYLOAD}, "finetune": {"label": "compliance",
+                                                                             "response": PAYLOAD}}
+    data["replay"]["refusal"]["flipped"].insert(0, flipped)
+    data["replay"]["refusal"]["flipped_count"] += 1
+    data["finetune"]["name"] = PAYLOAD
+    data["reasons"].append(f"warn: {PAYLOAD}")
+    return data
+
+
+def test_audit_writes_valid_results_and_exit_code(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    check = subprocess.run([sys.executable, str(SHARED / "check_results.py"), str(audit_dir / "results.json")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    assert (audit_dir / "report.html").is_file() and (audit_dir / "summary.md").is_file()
+    assert data["verdict"] in ("pass", "warn", "fail")
+    assert [w["window"] for w in data["attribution"]["layers"]] == ["early", "middle", "late"]
+
+
+def test_html_has_every_section_and_no_external_reference(audit_dir: Path) -> None:
+    html = (audit_dir / "report.html").read_text()
+    parsed = parse(html)
+    assert set(SECTIONS) <= parsed.ids
+    assert "http://" not in html and "https://" not in html
+    assert not any(tag == "script" for tag, _ in parsed.tags)
+    for tag, attrs in parsed.tags:
+        for attr in ("src", "href"):
+            value = attrs.get(attr)
+            assert value is None or value.startswith("#"), (tag, attrs)
+    assert html.count("<svg") >= 5  # four layer charts, heatmap, gating curve
+    assert "<details" in html and "<details open" not in html  # responses collapsed
+
+
+def test_model_output_is_escaped_in_html(audit_dir: Path) -> None:
+    data = with_payload(json.loads((audit_dir / "results.json").read_text()))
+    html = report.render_html(data)
+    assert "<script>" not in html and "<img src=x" not in html and "</textarea>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert not any(tag in ("script", "img", "textarea") for tag, _ in parse(html).tags)
+
+
+def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
+    data = with_payload(json.loads((audit_dir / "results.json").read_text()))
+    summary = report.render_summary(data)
+    assert not re.search(r"(?<!\\)<", summary), "an unescaped < could open HTML"
+    assert not re.search(r"(?<!\\)\]\(", summary) and not re.search(r"(?<!\\)!\[", summary)
+    assert report.md_escape("[a](http://x) <b>") == r"\[a\]\(http://x\) \<b\>"
+
+
+def test_report_command_rerenders_without_models(audit_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "results.json"
+    shutil.copy(audit_dir / "results.json", copy)
+    assert main(["report", str(copy)]) == 0
+    assert (tmp_path / "report.html").read_text() == (audit_dir / "report.html").read_text()
+
+
+def test_report_command_rejects_other_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "x.json"
+    other.write_text('{"schema": "something-else"}')
+    assert main(["report", str(other)]) == 2
+    assert "not a drift-audit results file" in capsys.readouterr().err
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
+                    reason="Debian's chromium is not installed (scripts/setup.sh --browser installs it; CI has it)")
+def test_report_in_a_real_browser(audit_dir: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    page_file = tmp_path / "report.html"
+    page_file.write_text(report.render_html(with_payload(json.loads((audit_dir / "results.json").read_text()))))
+    console, dialogs, requests = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: console.append((m.type, m.text)))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        scripts = page.evaluate("document.scripts.length")
+        text = page.inner_text("body")
+        page.locator("#flipped details").first.click()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert dialogs == [] and scripts == 0
+    assert [c for c in console if c[0] == "error"] == []
+    assert all(url.startswith("file://") for url in requests), requests
+    assert "<script>alert(1)</script>" in text  # shown as text
+    assert re.search(r"Verdict\s+(PASS|WARN|FAIL)", text, re.IGNORECASE)
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
