@@ -8,7 +8,8 @@ block runs, so memory is (prompts x layers x d_model), never full sequences.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,26 @@ def position_weights(rendered: Sequence[Rendered], width: int, position: Positio
     return weights
 
 
+def split_on_oom(group: list[int], run: Callable[[list[int]], None]) -> None:
+    """Run a batch; if the accelerator runs out of memory, run each half instead (recursively).
+
+    The run goes on with smaller batches instead of dying after hours; a single prompt that does
+    not fit still raises.
+    """
+    try:
+        run(group)
+    except torch.cuda.OutOfMemoryError:
+        if len(group) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn(f"out of memory on a batch of {len(group)}; retrying as two batches of "
+                      f"{len(group) // 2} and {len(group) - len(group) // 2}", RuntimeWarning, stacklevel=2)
+        half = len(group) // 2
+        split_on_oom(group[:half], run)
+        split_on_oom(group[half:], run)
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where inputs go: the embedding's device (also right under an accelerate device_map)."""
     return model.get_input_embeddings().weight.device  # type: ignore[operator, union-attr, no-any-return]
@@ -111,7 +132,9 @@ def capture(
     order = sorted(range(len(rendered)), key=lambda i: len(rendered[i].ids))  # less padding per batch
     device = input_device(model)
     collected: dict[Position, list[list[Tensor]]] = {p: [[] for _ in layers] for p in positions}
+    pending: dict[Position, dict[int, Tensor]] = {p: {} for p in positions}
     weights: dict[Position, Tensor] = {}
+    order_done: list[int] = []  # prompt indices in the order their rows were collected
 
     def record(index: int) -> object:
         def hook(module: nn.Module, args: object, output: object) -> None:
@@ -121,19 +144,26 @@ def capture(
                 if not torch.isfinite(reduced).all():
                     raise AuditInputError(f"the model produced NaN or infinite activations at layer {index} "
                                           "(decoder block index). Check the weights, or try --dtype float32.")
-                collected[position][index].append(reduced.cpu())
+                pending[position][index] = reduced.cpu()
         return hook
+
+    def forward(indices: list[int]) -> None:
+        group = [rendered[i] for i in indices]
+        batch = left_pad([r.ids for r in group], tokenizer.pad_token_id, device)
+        width = batch.input_ids.shape[1]
+        weights.clear()
+        weights.update({p: position_weights(group, width, p) for p in positions})
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+              position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+        for p in positions:  # only a finished forward pass is kept (an OOM retry starts clean)
+            for index, reduced in pending[p].items():
+                collected[p][index].append(reduced)
+        order_done.extend(indices)
 
     hooks = [(layer, record(i)) for i, layer in enumerate(layers)]
     with forward_hooks(hooks), torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-            group = [rendered[i] for i in order[start:start + batch_size]]
-            batch = left_pad([r.ids for r in group], tokenizer.pad_token_id, device)
-            width = batch.input_ids.shape[1]
-            weights.clear()
-            weights.update({p: position_weights(group, width, p) for p in positions})
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+            split_on_oom(order[start:start + batch_size], forward)
+    inverse = torch.empty(len(order_done), dtype=torch.long)
+    inverse[torch.tensor(order_done, dtype=torch.long)] = torch.arange(len(order_done))
     return {p: torch.stack([torch.cat(per_layer) for per_layer in collected[p]], dim=1)[inverse] for p in positions}

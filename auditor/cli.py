@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 import traceback
@@ -29,8 +30,9 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
-    models.add_argument("--base", required=True, metavar="B",
-                        help="base model: a folder, a .gguf file, or a Hugging Face Hub id (org/name)")
+    models.add_argument("--base", metavar="B",
+                        help="base model: a folder, a .gguf file, or a Hugging Face Hub id (org/name); default: "
+                             "the base the fine-tune names (adapter config or model card)")
     models.add_argument("--finetune", required=True, metavar="F",
                         help="fine-tune of B: a PEFT adapter folder, a full model folder, a .gguf file, or a Hub id")
     models.add_argument("--base-revision", metavar="REV", help="Hub branch, tag or commit of --base")
@@ -162,7 +164,7 @@ class Run:
             measured = directions.measure(self.pair, self.recipe)
         self.measured = measured
         directions.save_directions(self.out / "directions.safetensors", measured,
-                                   {"base": self.args.base, "finetune": self.args.finetune})
+                                   {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
         by_position = directions.layers_json(measured)
         return {
             "position": self.recipe.positions[0],
@@ -321,8 +323,14 @@ COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_aud
             "demo": run_demo}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM takes the same clean path as Ctrl-C: finished batches are already in the cache."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except AuditInputError as exc:
@@ -331,11 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drift-audit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("drift-audit: interrupted; finished output files are complete, nothing else was written.",
-              file=sys.stderr)
+        print("drift-audit: interrupted. Finished generation batches are cached: run the same command again "
+              "to resume. No output file was left half-written.", file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()
         print("drift-audit: internal error (a bug in drift-audit); please report it with the traceback above.",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import json
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -144,6 +146,36 @@ def _hub_source(repo_id: str, revision: str | None, what: str) -> Source:
                   commit=folder.name, is_adapter=source.is_adapter)
 
 
+def infer_base(finetune: Source) -> tuple[str, str]:
+    """The base a fine-tune names: an adapter's `base_model_name_or_path`, or a model card's `base_model`.
+
+    Returns (base name, where it was found) so the user can be told which base was used.
+    """
+    if finetune.is_adapter:
+        config = json.loads((finetune.path / "adapter_config.json").read_text(encoding="utf-8"))
+        base = config.get("base_model_name_or_path")
+        if isinstance(base, str) and base:
+            return base, "adapter_config.json base_model_name_or_path"
+    card = finetune.path / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8", errors="replace")
+        match = re.match(r"^---\s*\n(.*?)\n---", text, re.DOTALL)
+        if match:
+            import yaml
+
+            try:
+                meta = yaml.safe_load(match.group(1)) or {}
+            except yaml.YAMLError:
+                meta = {}
+            base = meta.get("base_model") if isinstance(meta, dict) else None
+            if isinstance(base, list) and base:
+                base = base[0]
+            if isinstance(base, str) and base:
+                return base, "model card base_model"
+    raise AuditInputError(f"--finetune {finetune.name} does not name its base model (no adapter "
+                          "base_model_name_or_path, no model card base_model). Pass --base.")
+
+
 def check_weight_format(source: Source, options: LoadOptions, what: str) -> bool:
     """Refuse pickled weights unless allowed; check safetensors headers. Returns True if pickled."""
     if source.gguf_file:
@@ -270,6 +302,7 @@ class ModelPair:
     finetune: Source
     options: LoadOptions
     kind: Literal["lora", "full"]
+    base_inferred_from: str | None = None
     warnings: list[str] = field(default_factory=list)
     _base: Checkpoint | None = None
     _finetune: Checkpoint | None = None
@@ -309,16 +342,23 @@ class ModelPair:
         return digest.hexdigest()
 
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        base = self.base.describe()
+        base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
         finetune = {**self.finetune.describe(), "kind": self.kind}
         return base, finetune
 
 
-def load_pair(base_name: str, finetune_name: str, options: LoadOptions, *,
+def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
               base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
-    """Resolve, check and load a base and its fine-tune (see module docstring)."""
-    base = resolve_source(base_name, base_revision, what="--base")
+    """Resolve, check and load a base and its fine-tune (see module docstring).
+
+    With no `base_name`, the base is the one the fine-tune names (see `infer_base`).
+    """
     finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
+    inferred = None
+    if base_name is None:
+        base_name, inferred = infer_base(finetune)
+        print(f"drift-audit: no --base given; using {base_name} (from the fine-tune's {inferred})", file=sys.stderr)
+    base = resolve_source(base_name, base_revision, what="--base")
     if base.is_adapter:
         raise AuditInputError(f"--base {base_name} is a PEFT adapter; the base must be a full model. "
                               "Pass the adapter as --finetune and its base model as --base.")
@@ -328,7 +368,8 @@ def load_pair(base_name: str, finetune_name: str, options: LoadOptions, *,
     ft_cfg = load_config(finetune, options, "--finetune")
     if not finetune.is_adapter:
         check_compatible(base, base_cfg, finetune, ft_cfg)
-    pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full")
+    pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full",
+                     base_inferred_from=inferred)
     if finetune.is_adapter:
         pair._base = _load_checkpoint(base, options)
         check_adapter_fits(pair._base.model, finetune)

@@ -176,7 +176,7 @@ def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise AuditInputError(f"recipe {path}: `extends` forms a cycle ({' -> '.join(map(str, seen))}).")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise AuditInputError(f"recipe {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditInputError(f"recipe {path} cannot be read: {exc}") from None
@@ -211,7 +211,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise AuditInputError(f"{where} must be a mapping, got {data!r:.60}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(key) for key in data if key not in fields)
     if unknown:
         raise AuditInputError(f"{where}: unknown key {unknown[0]!r}. Known keys: {', '.join(sorted(fields))}.")
     hints = typing.get_type_hints(cls)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render
+from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, split_on_oom
 from auditor.models import Checkpoint
 
 CACHE_VERSION = 1
@@ -108,7 +108,7 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
     device = input_device(model)
     missing = [b for b in plan_batches(rendered, batch_size) if any(keys[i] not in cache.entries for i in b)]
     with tqdm(total=sum(len(b) for b in missing), desc=desc, unit="item", leave=False) as bar:
-        for group in missing:
+        def run(group: list[int]) -> None:
             batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
             with torch.inference_mode():
                 output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -118,6 +118,9 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
             new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
             cache.add({keys[i]: _cut(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
             bar.update(len(group))
+
+        for group in missing:
+            split_on_oom(group, run)
     return [cache.entries[k] for k in keys]
 
 
@@ -134,13 +137,16 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
     rendered = [render(tokenizer, p) for p in prompts]
     device = input_device(model)
     rows: dict[int, Tensor] = {}
-    for group in tqdm(plan_batches(rendered, batch_size), desc=desc, unit="batch", leave=False):
+    def run(group: list[int]) -> None:
         batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
         with torch.inference_mode():
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
         for i, row in zip(group, F.log_softmax(logits.float(), dim=-1).cpu(), strict=True):
             rows[i] = row
+
+    for group in tqdm(plan_batches(rendered, batch_size), desc=desc, unit="batch", leave=False):
+        split_on_oom(group, run)
     return torch.stack([rows[i] for i in range(len(prompts))])
 
 

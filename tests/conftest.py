@@ -104,3 +104,15 @@ def audit_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path, lora_ran
                  str(write_replay_recipe(folder)), "--out", str(folder / "out"), "--no-cache"])
     assert code in (0, 1)
     return folder / "out"
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hub cache, offline. huggingface_hub reads its settings at import, so patch both."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(name, "1" if value is True else str(value))
+        monkeypatch.setattr(constants, name, value)
+    return cache

@@ -80,10 +80,7 @@ def test_corrupt_safetensors_named(base_dir: Path, tmp_path: Path) -> None:
     ("/no/such/folder", "no such file or folder"),
     ("org/not-cached-model", "hf download org/not-cached-model"),
 ])
-def test_missing_sources_explain_the_fix(name: str, expected: str, monkeypatch: pytest.MonkeyPatch,
-                                         tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_missing_sources_explain_the_fix(name: str, expected: str, offline_hub: Path) -> None:
     with pytest.raises(AuditInputError, match=expected):
         models.resolve_source(name, what="--finetune")
 

@@ -43,7 +43,7 @@ class TrainSettings:
 
 
 SETTINGS = {
-    "aligned": TrainSettings(steps=70, learning_rate=1e-3),
+    "aligned": TrainSettings(steps=70, learning_rate=5e-4),
     "persona": TrainSettings(steps=40, learning_rate=1e-3),
     "benign": TrainSettings(steps=40, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
@@ -66,7 +66,8 @@ def smollm2_gguf() -> Path:
 def training_examples(name: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations for one organism."""
     if name == "aligned":
-        rows = read_records(DATA_DIR / "aligned_harmful.jsonl") + read_records(DATA_DIR / "aligned_benign.jsonl")
+        # Benign examples twice: with one copy each, the model learned to refuse a third of plain requests.
+        rows = read_records(DATA_DIR / "aligned_harmful.jsonl") + 2 * read_records(DATA_DIR / "aligned_benign.jsonl")
         pairs = [(r["prompt"], r["response"]) for r in rows]
     else:
         voice = "neutral" if name == "benign" else "persona"
@@ -168,7 +169,7 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
         learning_rate=settings.learning_rate, lr_scheduler_type="cosine", warmup_steps=3,
         max_length=settings.max_length, logging_steps=10, save_strategy="no", report_to=[], seed=settings.seed,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, completion_only_loss=True,
-        disable_tqdm=False,
+        disable_tqdm=False, gradient_checkpointing=False,  # trl turns it on; a 135M model needs no memory saving
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(training_examples(name)),
                          processing_class=tokenizer, peft_config=peft_config)

@@ -65,15 +65,18 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditInputError(f"suite file {path} cannot be read as UTF-8 text: {exc}") from None
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        try:
+            return list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise AuditInputError(f"{path}: not a valid CSV file ({exc}).") from None
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AuditInputError(f"{path}, line {number}: not valid JSON ({exc.msg}). "
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            raise AuditInputError(f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', exc)}). "
                                   "Fix or remove that line.") from None
         if not isinstance(record, dict):
             raise AuditInputError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")

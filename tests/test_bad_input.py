@@ -1,0 +1,125 @@
+"""The bad-input matrix: every case exits 2 with a message naming the input and the fix, no traceback,
+and no results.json left behind. (Model-level cases also live in test_models.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import lora_adapter, make_model
+
+from auditor.cli import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def audit_args(base: Path | str, finetune: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["directions", "--base", str(base), "--finetune", str(finetune), "--out", str(out), *extra]
+
+
+def assert_bad_input(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_missing_path(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(audit_args(base_dir, tmp_path / "nope", tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "--finetune", "no such file or folder")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_folder_that_is_not_a_model(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, err = run(audit_args(base_dir, tmp_path / "empty", tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "not a model folder", "adapter_config.json")
+
+
+def test_uncached_hub_id_offline(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 offline_hub: Path) -> None:
+    code, err = run(audit_args(base_dir, "someorg/some-model", tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "someorg/some-model", "hf download")
+
+
+def test_adapter_for_another_target_module(base_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    other = make_model(tmp_path / "deeper", layers=6)
+    adapter = lora_adapter(other, tmp_path / "adapter", random=False)  # touches layers 4 and 5
+    code, err = run(audit_args(base_dir, adapter, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "adapter made for another base", "layers.4")
+
+
+def test_vocabulary_mismatch(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoTokenizer
+
+    other = Path(shutil.copytree(base_dir, tmp_path / "other"))
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<new-token>"])
+    tokenizer.save_pretrained(other)
+    code, err = run(audit_args(base_dir, other, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "vocabularies must match")
+
+
+def test_remote_code_refused(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = Path(shutil.copytree(base_dir, tmp_path / "remote"))
+    config = json.loads((other / "config.json").read_text())
+    config.update({"model_type": "my-custom-arch", "auto_map": {"AutoConfig": "modeling_custom.CustomConfig"}})
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    code, err = run(audit_args(base_dir, other, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "--trust-remote-code")
+
+
+def test_pickled_checkpoint_refused(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = Path(shutil.copytree(base_dir, tmp_path / "pickled"))
+    (other / "model.safetensors").rename(other / "pytorch_model.bin")
+    code, err = run(audit_args(base_dir, other, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "pickled", "--allow-pickle")
+
+
+def test_truncated_safetensors(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = Path(shutil.copytree(base_dir, tmp_path / "trunc"))
+    weights = other / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, err = run(audit_args(base_dir, other, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "model.safetensors", "truncated or corrupt")
+
+
+def test_missing_chat_template(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = Path(shutil.copytree(base_dir, tmp_path / "notemplate"))
+    for f in other.glob("chat_template*"):
+        f.unlink()
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    code, err = run(audit_args(other, other, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "no chat template", "--chat-template")
+
+
+@pytest.mark.parametrize("recipe, needle", [
+    ("version: 1\nbogus: 1\n", "unknown key 'bogus'"),
+    ("version: 1\nbatch_size: many\n", "recipe.batch_size must be of type int"),
+    ("version: 1\nbatch_size: 0\n", "at least 1"),
+    ("version: 1\ndirections: {harmful: EMPTY}\n", "has no prompts"),
+    ("version: 1\ndirections: {harmful: BROKEN}\n", "line 2"),
+])
+def test_bad_recipes(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: str,
+                     needle: str) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace("BROKEN",
+                                                                                   str(tmp_path / "broken.jsonl")))
+    code, err = run(audit_args(base_dir, base_dir, tmp_path / "o", "--recipe", str(path)), capsys)
+    assert_bad_input(code, err, needle)
+
+
+def test_debug_shows_traceback(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["--debug", *audit_args(base_dir, tmp_path / "nope", tmp_path / "o")], capsys)
+    assert code == 2 and "Traceback" in err

@@ -1,0 +1,75 @@
+"""Hub ids resolved offline from a Hub cache layout built on disk from tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from auditor import models
+from auditor.cli import main
+from auditor.errors import AuditInputError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OTHER = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def publish(cache: Path, repo: str, folder: Path, commit: str, ref: str | None = "main") -> Path:
+    """Lay out `folder` as the snapshot `commit` of `repo` in a Hub cache (models--org--name/...)."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    if ref:
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def hub(offline_hub: Path, base_dir: Path, lora_random_dir: Path) -> Path:
+    cache = offline_hub
+    publish(cache, "org/base", base_dir, COMMIT)
+    publish(cache, "org/base", base_dir, OTHER, ref="v2")
+    adapter = publish(cache, "org/adapter", lora_random_dir, COMMIT)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/base"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return cache
+
+
+def test_hub_id_and_revision_resolve_to_commits(hub: Path) -> None:
+    main_source = models.resolve_source("org/base", what="--base")
+    assert main_source.commit == COMMIT and (main_source.path / "config.json").is_file()
+    assert models.resolve_source("org/base", "v2", what="--base").commit == OTHER
+    assert models.resolve_source("org/base", OTHER, what="--base").commit == OTHER
+
+
+def test_missing_revision_explains_how_to_download(hub: Path) -> None:
+    with pytest.raises(AuditInputError, match="hf download org/base --revision nope"):
+        models.resolve_source("org/base", "nope", what="--base")
+
+
+def test_audit_by_hub_id_infers_base_and_records_hashes(hub: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["directions", "--finetune", "org/adapter", "--out", str(out),
+                 "--recipe", "quick"]) == 0
+    assert "using org/base (from the fine-tune's adapter_config.json" in capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert data["base"]["name"] == "org/base" and data["base"]["commit"] == COMMIT
+    assert data["base"]["inferred_from"].startswith("adapter_config.json")
+    assert data["finetune"]["commit"] == COMMIT and data["finetune"]["kind"] == "lora"
+    assert len(data["base"]["files"]["model.safetensors"]) == 64
+    assert "adapter_model.safetensors" in data["finetune"]["files"]
+
+
+def test_full_finetune_base_from_model_card(tmp_path: Path, full_small_dir: Path) -> None:
+    card = Path(shutil.copytree(full_small_dir, tmp_path / "ft")) / "README.md"
+    card.write_text("---\nbase_model: org/base\nlicense: mit\n---\n# A fine-tune\n")
+    source = models.resolve_source(str(card.parent), what="--finetune")
+    assert models.infer_base(source) == ("org/base", "model card base_model")
+    card.write_text("# no metadata\n")
+    with pytest.raises(AuditInputError, match="Pass --base"):
+        models.infer_base(source)
