@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from auditor.errors import AuditInputError
-from auditor.hooks import block_output, forward_hooks
+from auditor.hooks import ForwardHook, block_output, forward_hooks
 from auditor.models import Checkpoint, decoder_layers
 from auditor.recipe import Position
 
@@ -136,7 +136,7 @@ def capture(
     weights: dict[Position, Tensor] = {}
     order_done: list[int] = []  # prompt indices in the order their rows were collected
 
-    def record(index: int) -> object:
+    def record(index: int) -> ForwardHook:
         def hook(module: nn.Module, args: object, output: object) -> None:
             hidden = block_output(output).detach()
             for position, w in weights.items():

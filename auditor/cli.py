@@ -193,6 +193,7 @@ class Run:
         from auditor import attribution
 
         with self.timings.stage("attribution"):
+            assert self.measured is not None, "directions() runs before attribution()"
             return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir)}
 
     def results(self, parts: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from auditor.hooks import block_output, forward_hooks
+from auditor.hooks import ForwardHook, block_output, forward_hooks
 from auditor.models import decoder_layers
 
 
@@ -89,7 +89,7 @@ def applied(model: nn.Module, offsets: Offsets, layers_path: str | None = None) 
     """Add `offsets` to the chosen block outputs for the duration of the block."""
     layers = decoder_layers(model, layers_path)
 
-    def add(vector: Tensor) -> object:
+    def add(vector: Tensor) -> ForwardHook:
         def hook(module: nn.Module, args: object, output: object) -> object:
             hidden = block_output(output)
             shifted = hidden + vector.to(device=hidden.device, dtype=hidden.dtype)

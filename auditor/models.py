@@ -271,7 +271,7 @@ def check_adapter_fits(model: nn.Module, adapter: Source) -> None:
                               f"{'; '.join(problems[:3])}{more}. Audit it against the base it was trained on.")
 
 
-def decoder_layers(model: nn.Module, override: str | None = None) -> list[nn.Module]:
+def decoder_layers(model: Any, override: str | None = None) -> list[nn.Module]:
     """The decoder blocks, in order. Layer `l` here is hidden_states[l + 1] in transformers."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_type = getattr(getattr(inner, "config", None), "model_type", "")
@@ -290,7 +290,7 @@ def decoder_layers(model: nn.Module, override: str | None = None) -> list[nn.Mod
 class Checkpoint:
     """A model ready for forward passes, with the tokenizer whose chat template renders its prompts."""
 
-    model: nn.Module
+    model: Any  # a transformers PreTrainedModel, or a peft PeftModel around one
     tokenizer: Any
 
 
@@ -417,13 +417,13 @@ def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
     except (OSError, ValueError) as exc:
         raise AuditInputError(f"{source.name} cannot be loaded as a causal language model: {exc}") from None
     if "device_map" not in kwargs:
-        model.to(_device(options))
+        model.to(_device(options))  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
     return Checkpoint(model=model, tokenizer=prepare_tokenizer(tokenizer, source.name, options.chat_template))
 
 
-def _attach_adapter(model: nn.Module, adapter: Source, options: LoadOptions) -> nn.Module:
+def _attach_adapter(model: Any, adapter: Source, options: LoadOptions) -> Any:
     from peft import PeftModel
 
     try:

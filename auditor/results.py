@@ -25,7 +25,7 @@ PACKAGES = ("drift-auditor", "torch", "transformers", "peft", "trl", "datasets",
 
 def environment(device: str, dtype: str) -> dict[str, Any]:
     """What produced the numbers: versions, platform and the compute settings."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -174,7 +174,7 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(training_examples(name)),
                          processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
-    trained = trainer.model
+    trained: Any = trainer.model
     shutil.rmtree(out / "trainer", ignore_errors=True)
     if name == "aligned":  # the audit's base: a plain full model
         trained = trained.merge_and_unload()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
@@ -24,7 +24,7 @@ def _open_svg(width: float, height: float, title: str) -> str:
             f'role="img" aria-label="{escape(title)}">')
 
 
-def _scale(lo: float, hi: float, size: float, flip: bool) -> object:
+def _scale(lo: float, hi: float, size: float, flip: bool) -> Callable[[float], float]:
     span = (hi - lo) or 1.0
 
     def f(v: float) -> float:
