@@ -14,16 +14,15 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor import __version__
-from auditor.directions import DirectionsResult
 from auditor.errors import AuditInputError
-from auditor.models import ModelPair
-from auditor.recipe import Recipe
-from auditor.results import Timings
+
+if TYPE_CHECKING:
+    from auditor.audit import Audit
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -120,115 +119,38 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
-@dataclass
-class Run:
-    """What every model command shares: the recipe, the loaded pair, the output folder, the timings."""
+def start_audit(args: argparse.Namespace) -> Audit:
+    """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
+    cheap mistakes fail before models load."""
+    from auditor import models, recipe, results
+    from auditor.audit import Audit, check_inputs
+    from auditor.replay import default_cache_dir
 
-    args: argparse.Namespace
-    recipe: Recipe
-    out: Path
-    pair: ModelPair
-    timings: Timings
-    started: float
-    measured: DirectionsResult | None = None
-
-    @classmethod
-    def start(cls, args: argparse.Namespace) -> Run:
-        from auditor import models, recipe, results
-
-        started = time.perf_counter()
-        timings = results.Timings()
-        audit_recipe = recipe.load_recipe(args.recipe)
-        if args.batch_size is not None:
-            if args.batch_size < 1:
-                raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
-            audit_recipe = replace(audit_recipe, batch_size=args.batch_size,
-                                   replay=replace(audit_recipe.replay, batch_size=args.batch_size))
-        if getattr(args, "judge_model", None):
-            audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
-        check_inputs(audit_recipe, replay=args.command != "directions")
-        out = results.prepare_out_dir(args.out or default_out(args.finetune))
-        options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                                     trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                                     chat_template=args.chat_template)
-        with timings.stage("load"):
-            pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
-                                    finetune_revision=args.finetune_revision)
-        return cls(args, audit_recipe, out, pair, timings, started)
-
-    def directions(self) -> dict[str, Any]:
-        """Measure the directions, save the tensors, and return the results.json fields they fill."""
-        from auditor import directions
-
-        with self.timings.stage("directions"):
-            measured = directions.measure(self.pair, self.recipe)
-        self.measured = measured
-        directions.save_directions(self.out / "directions.safetensors", measured,
-                                   {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
-        by_position = directions.layers_json(measured)
-        return {
-            "position": self.recipe.positions[0],
-            "layers": by_position[self.recipe.positions[0]],
-            "layers_by_position": by_position,
-            "prompt_counts": measured.counts,
-        }
-
-    @property
-    def cache_dir(self) -> Path | None:
-        from auditor.replay import default_cache_dir
-
-        return None if self.args.no_cache else (self.args.cache_dir or default_cache_dir()) / "replay"
-
-    def replay(self) -> dict[str, Any]:
-        from auditor import behaviour, directions, judge
-
-        model_judge = judge.load_judge(self.recipe.replay.judge_model, self.pair.options) \
-            if self.recipe.replay.judge_model else None
-        with self.timings.stage("replay"):
-            replayed, drift = behaviour.run(self.pair, self.recipe, directions.prompt_sets(self.recipe).harmless,
-                                            cache_dir=self.cache_dir, model_judge=model_judge)
-        return {"replay": replayed, "general_drift": drift}
-
-    def attribution(self) -> dict[str, Any]:
-        from auditor import attribution
-
-        with self.timings.stage("attribution"):
-            assert self.measured is not None, "directions() runs before attribution()"
-            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir)}
-
-    def results(self, parts: dict[str, Any]) -> dict[str, Any]:
-        from auditor import results
-
-        base_info, finetune_info = self.pair.describe()
-        self.timings["total"] = round(time.perf_counter() - self.started, 3)
-        return {
-            "schema": results.SCHEMA,
-            "base": base_info,
-            "finetune": finetune_info,
-            "recipe": asdict(self.recipe),
-            **parts,
-            "warnings": self.pair.warnings,
-            "timings": dict(self.timings),
-            "environment": results.environment(self.args.device, self.args.dtype),
-        }
-
-    def write(self, data: dict[str, Any]) -> None:
-        from auditor import results
-
-        results.write_json(self.out / "results.json", data)
-
-
-def check_inputs(audit_recipe: Recipe, *, replay: bool) -> None:
-    """Read every prompt set the run will need, so a broken suite fails before models load."""
-    from auditor import behaviour, directions
-
-    directions.prompt_sets(audit_recipe)
-    if replay:
-        behaviour.load_suites(audit_recipe.replay)
+    audit_recipe = recipe.load_recipe(args.recipe)
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        audit_recipe = replace(audit_recipe, batch_size=args.batch_size,
+                               replay=replace(audit_recipe.replay, batch_size=args.batch_size))
+    if getattr(args, "judge_model", None):
+        audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
+    check_inputs(audit_recipe, replay=args.command != "directions")
+    out = results.prepare_out_dir(args.out or default_out(args.finetune))
+    options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
+                                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                                 chat_template=args.chat_template)
+    cache_dir = None if getattr(args, "no_cache", False) else (
+        (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
+    started = time.perf_counter()
+    timings = results.Timings()
+    with timings.stage("load"):
+        pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
+                                finetune_revision=args.finetune_revision)
+    return Audit(pair=pair, recipe=audit_recipe, out=out, cache_dir=cache_dir, timings=timings, started=started)
 
 
 def run_directions(args: argparse.Namespace) -> int:
-    run = Run.start(args)
+    run = start_audit(args)
     data = run.results(run.directions())
     run.write(data)
     print(summarize_layers(data["layers"]))
@@ -237,7 +159,7 @@ def run_directions(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    run = Run.start(args)
+    run = start_audit(args)
     data = run.results({**run.directions(), **run.replay()})
     run.write(data)
     print(summarize_layers(data["layers"]))
@@ -247,22 +169,16 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from auditor import report, verdict
+    from auditor import verdict
 
-    run = Run.start(args)
-    parts = {**run.directions(), **run.replay()}
-    parts.update(run.attribution())
-    decided = verdict.decide(parts, run.recipe.thresholds)
-    data = run.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
-    rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
-    run.write(data)
-    rendered.write(run.out)
+    run = start_audit(args)
+    data = run.run()
     print(summarize_replay(data))
-    print(f"\nverdict: {decided.verdict.upper()}")
-    for reason in decided.reasons:
+    print(f"\nverdict: {data['verdict'].upper()}")
+    for reason in data["reasons"]:
         print(f"  - {reason}")
     print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
-    return verdict.EXIT_CODES[decided.verdict]
+    return verdict.EXIT_CODES[data["verdict"]]
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,92 @@
+"""One audit of a loaded model pair: directions, replay, attribution, verdict and the written files.
+
+The CLI and the training callback both drive an `Audit`; each stage returns the results.json
+fields it fills, so a command can stop after any stage (`directions`, `replay`) or run them all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor import attribution, behaviour, directions, judge, report, results, verdict
+from auditor.directions import DirectionsResult
+from auditor.models import ModelPair
+from auditor.recipe import Recipe
+
+
+def check_inputs(recipe: Recipe, *, replay: bool) -> None:
+    """Read every prompt set the run will need, so a broken suite fails before models load."""
+    directions.prompt_sets(recipe)
+    if replay:
+        behaviour.load_suites(recipe.replay)
+
+
+@dataclass
+class Audit:
+    """An audit in progress. `cache_dir` None disables the generation cache."""
+
+    pair: ModelPair
+    recipe: Recipe
+    out: Path
+    cache_dir: Path | None
+    timings: results.Timings = field(default_factory=results.Timings)
+    started: float = field(default_factory=time.perf_counter)
+    measured: DirectionsResult | None = None
+
+    def directions(self) -> dict[str, Any]:
+        """Measure the directions, save the tensors, and return the results.json fields they fill."""
+        with self.timings.stage("directions"):
+            self.measured = directions.measure(self.pair, self.recipe)
+        directions.save_directions(self.out / "directions.safetensors", self.measured,
+                                   {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
+        by_position = directions.layers_json(self.measured)
+        return {
+            "position": self.recipe.positions[0],
+            "layers": by_position[self.recipe.positions[0]],
+            "layers_by_position": by_position,
+            "prompt_counts": self.measured.counts,
+        }
+
+    def replay(self) -> dict[str, Any]:
+        model_judge = (judge.load_judge(self.recipe.replay.judge_model, self.pair.options)
+                       if self.recipe.replay.judge_model else None)
+        with self.timings.stage("replay"):
+            replayed, drift = behaviour.run(self.pair, self.recipe, directions.prompt_sets(self.recipe).harmless,
+                                            cache_dir=self.cache_dir, model_judge=model_judge)
+        return {"replay": replayed, "general_drift": drift}
+
+    def attribution(self) -> dict[str, Any]:
+        assert self.measured is not None, "directions() runs before attribution()"
+        with self.timings.stage("attribution"):
+            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir)}
+
+    def results(self, parts: dict[str, Any]) -> dict[str, Any]:
+        base_info, finetune_info = self.pair.describe()
+        self.timings["total"] = round(time.perf_counter() - self.started, 3)
+        return {
+            "schema": results.SCHEMA,
+            "base": base_info,
+            "finetune": finetune_info,
+            "recipe": asdict(self.recipe),
+            **parts,
+            "warnings": self.pair.warnings,
+            "timings": dict(self.timings),
+            "environment": results.environment(self.pair.options.device, self.pair.options.dtype),
+        }
+
+    def write(self, data: dict[str, Any]) -> None:
+        results.write_json(self.out / "results.json", data)
+
+    def run(self) -> dict[str, Any]:
+        """The whole audit; writes results.json, report.html and summary.md and returns the results."""
+        parts = {**self.directions(), **self.replay()}
+        parts.update(self.attribution())
+        decided = verdict.decide(parts, self.recipe.thresholds)
+        data = self.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
+        rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
+        self.write(data)
+        rendered.write(self.out)
+        return data
