@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from auditor.errors import AuditInputError
 
+if TYPE_CHECKING:
+    from auditor.callback import DriftAuditCallback
+
 __version__ = "0.1.0"
-__all__ = ["AuditInputError", "__version__"]
+__all__ = ["AuditInputError", "DriftAuditCallback", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """`auditor.DriftAuditCallback` without importing transformers for every `drift-audit --help`."""
+    if name == "DriftAuditCallback":
+        from auditor.callback import DriftAuditCallback
+
+        return DriftAuditCallback
+    raise AttributeError(f"module 'auditor' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -178,6 +179,10 @@ def run_audit(args: argparse.Namespace) -> int:
     for reason in data["reasons"]:
         print(f"  - {reason}")
     print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:  # GitHub Actions shows this file on the run's page
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write((run.out / "summary.md").read_text(encoding="utf-8") + "\n")
     return verdict.EXIT_CODES[data["verdict"]]
 
 

@@ -63,9 +63,12 @@ class Source:
     revision: str | None = None
     commit: str | None = None
     is_adapter: bool = False
+    in_memory: bool = False  # a model handed over in memory (the training callback): no files to hash
 
     @property
     def weight_files(self) -> list[Path]:
+        if self.in_memory:
+            return []
         if self.gguf_file:
             return [self.path / self.gguf_file]
         return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
@@ -77,7 +80,7 @@ class Source:
             "path": str(self.path),
             "revision": self.revision,
             "commit": self.commit,
-            "format": "gguf" if self.gguf_file else "safetensors-or-pickle",
+            "format": "in-memory" if self.in_memory else "gguf" if self.gguf_file else "safetensors-or-pickle",
             "files": {p.name: sha256_file(p) for p in self.weight_files},
         }
 
@@ -330,11 +333,14 @@ class ModelPair:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def fingerprint(self, side: Side) -> str:
-        """A hash of every weight file that makes up `side` (for a LoRA: base plus adapter)."""
+    def fingerprint(self, side: Side) -> str | None:
+        """A hash of every weight file that makes up `side` (for a LoRA: base plus adapter); None for a
+        model in memory, whose weights may change between calls (nothing is cached for it)."""
         sources = [self.base] if side == "base" else [self.finetune]
         if side == "finetune" and self.kind == "lora":
             sources.insert(0, self.base)
+        if any(source.in_memory for source in sources):
+            return None
         digest = hashlib.sha256()
         for source in sources:
             for path in source.weight_files:
@@ -380,6 +386,29 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
             pair._base = _load_checkpoint(base, options)
             pair._finetune = _load_checkpoint(finetune, options)
             pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
+    return pair
+
+
+def pair_from_model(model: Any, tokenizer: Any, *, base: str | None, options: LoadOptions,
+                    name: str = "in-memory fine-tune") -> ModelPair:
+    """A pair around a model in memory (during training). A peft model is its own base (adapter off);
+    a fully fine-tuned model needs `base`, which is loaded from disk beside it."""
+    tokenizer = prepare_tokenizer(tokenizer, name, options.chat_template)
+    if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
+        base_name = base or getattr(next(iter(model.peft_config.values())), "base_model_name_or_path", None) or "base"
+        sources = [Source(name=n, path=Path("."), in_memory=True, is_adapter=a) for n, a in ((base_name, False),
+                                                                                              (name, True))]
+        pair = ModelPair(base=sources[0], finetune=sources[1], options=options, kind="lora")
+        pair._base = Checkpoint(model, tokenizer)
+        return pair
+    if base is None:
+        raise AuditInputError("auditing a fully fine-tuned model in memory needs the base: pass base=PATH or Hub id.")
+    base_source = resolve_source(base, what="base")
+    check_weight_format(base_source, options, "base")
+    pair = ModelPair(base=base_source, finetune=Source(name=name, path=Path("."), in_memory=True), options=options,
+                     kind="full")
+    pair._base = _load_checkpoint(base_source, options)
+    pair._finetune = Checkpoint(model, tokenizer)
     return pair
 
 

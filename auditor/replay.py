@@ -52,7 +52,7 @@ class GenerationCache:
         self.entries: dict[str, Generation] = {}
         self.path: Path | None = None
         if folder is None or fingerprint is None:
-            return  # an in-memory model has no stable fingerprint: nothing is cached
+            return  # caching is off, or a model in memory has no stable fingerprint
         digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **settings}, sort_keys=True).encode()).hexdigest()
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{fingerprint[:24]}-{digest[:16]}.jsonl"

@@ -141,3 +141,17 @@ def test_report_in_a_real_browser(audit_dir: Path, tmp_path: Path) -> None:
     assert "<script>alert(1)</script>" in text  # shown as text
     assert re.search(r"Verdict\s+(PASS|WARN|FAIL)", text, re.IGNORECASE)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_audit_appends_summary_for_github(base_dir: Path, same_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_replay_recipe
+
+    step_summary = tmp_path / "step-summary.md"
+    step_summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
+    code = main(["audit", "--base", str(base_dir), "--finetune", str(same_dir), "--recipe",
+                 str(write_replay_recipe(tmp_path)), "--out", str(tmp_path / "o"), "--no-cache"])
+    assert code == 0
+    text = step_summary.read_text()
+    assert text.startswith("earlier step\n") and "## drift-audit: **PASS**" in text

@@ -1,0 +1,94 @@
+"""`DriftAuditCallback`: the audit as a post-training gate inside a transformers / trl Trainer.
+
+At the end of training (and optionally every N steps, usually with the quick recipe) it audits the
+in-memory model against its base — for a peft model by toggling the adapter, with no reload from
+disk — logs the key numbers, writes the report, and can stop training when the verdict fails.
+
+    trainer = SFTTrainer(model=..., peft_config=LoraConfig(...), ...)
+    DriftAuditCallback(recipe="default", every_n_steps=200).attach(trainer)
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from auditor.audit import Audit
+from auditor.models import LoadOptions, pair_from_model
+from auditor.recipe import load_recipe
+from auditor.results import prepare_out_dir
+
+logger = logging.getLogger(__name__)
+
+
+class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
+    """Audit the model being trained; see the module docstring.
+
+    Args:
+        base: the base model (folder or Hub id). Needed for a full fine-tune; for a peft model the
+            adapter is switched off instead.
+        recipe: the recipe for the audit at the end of training.
+        every_n_steps: also audit every N optimizer steps (with `step_recipe`); None: only at the end.
+        stop_on_fail: stop training when a periodic audit fails.
+        out: where the reports go (`final/`, `step-N/`).
+    """
+
+    def __init__(self, *, base: str | None = None, recipe: str = "default", every_n_steps: int | None = None,
+                 step_recipe: str = "quick", stop_on_fail: bool = True, out: str | Path = "reports/training-audit",
+                 options: LoadOptions | None = None) -> None:
+        self.base, self.every_n_steps, self.stop_on_fail = base, every_n_steps, stop_on_fail
+        self.recipe, self.step_recipe = load_recipe(recipe), load_recipe(step_recipe)  # fail fast on a typo
+        self.out, self.options = Path(out), options or LoadOptions()
+        self.trainer: Any = None
+        self.results: list[dict[str, Any]] = []
+
+    def attach(self, trainer: Any) -> DriftAuditCallback:
+        """Add to `trainer` and log through its loggers (wandb, tensorboard, ...)."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl:
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0 and state.global_step < state.max_steps:
+            data = self._audit(kwargs, self.step_recipe, f"step-{state.global_step}", state)
+            if data["verdict"] == "fail" and self.stop_on_fail:
+                logger.warning("drift audit failed at step %d; stopping training", state.global_step)
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl:
+        self._audit(kwargs, self.recipe, "final", state)
+        return control
+
+    def _audit(self, kwargs: dict[str, Any], recipe: Any, name: str, state: TrainerState) -> dict[str, Any]:
+        model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
+        was_training = model.training
+        model.eval()
+        try:
+            pair = pair_from_model(model, tokenizer, base=self.base, options=self.options,
+                                   name=f"in-memory fine-tune ({name}, step {state.global_step})")
+            data = Audit(pair=pair, recipe=recipe, out=prepare_out_dir(self.out / name), cache_dir=None).run()
+        finally:
+            if was_training:
+                model.train()
+        metrics = {
+            "drift_audit/verdict_fail": float(data["verdict"] == "fail"),
+            "drift_audit/refusal_base": data["replay"]["refusal"]["base"]["rate"],
+            "drift_audit/refusal_finetune": data["replay"]["refusal"]["finetune"]["rate"],
+            "drift_audit/false_refusal_finetune": data["replay"]["false_refusal"]["finetune"]["rate"],
+            "drift_audit/max_persona_shift": max(abs(r["persona_shift"]) for r in data["layers"]),
+            "drift_audit/general_drift_kl": data["general_drift"]["kl"],
+        }
+        if self.trainer is not None:
+            self.trainer.log(metrics)
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+        logger.info("drift audit %s: %s (%s)", name, data["verdict"], self.out / name / "report.html")
+        self.results.append(data)
+        return data
