@@ -28,15 +28,20 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--base", metavar="B",
                         help="base model: a folder, a .gguf file, or a Hugging Face Hub id (org/name); default: "
                              "the base the fine-tune names (adapter config or model card)")
-    models.add_argument("--finetune", required=True, metavar="F",
-                        help="fine-tune of B: a PEFT adapter folder, a full model folder, a .gguf file, or a Hub id")
     models.add_argument("--base-revision", metavar="REV", help="Hub branch, tag or commit of --base")
-    models.add_argument("--finetune-revision", metavar="REV", help="Hub branch, tag or commit of --finetune")
+    if many:
+        models.add_argument("finetunes", nargs="*", metavar="F", help="fine-tunes (checkpoints) of B, in order")
+        models.add_argument("--list", type=Path, metavar="FILE", help="a file with one fine-tune per line")
+    else:
+        models.add_argument("--finetune", required=True, metavar="F",
+                            help="fine-tune of B: a PEFT adapter folder, a full model folder, a .gguf file, "
+                                 "or a Hub id")
+        models.add_argument("--finetune-revision", metavar="REV", help="Hub branch, tag or commit of --finetune")
     load = parser.add_argument_group("loading")
     load.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                       help="weight dtype (auto: float32 on CPU, bfloat16 on CUDA)")
@@ -87,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(audit)
     _replay_options(audit)
+    many = commands.add_parser(
+        "audit-many", help="audit several checkpoints of one run against one base (loaded once), with an index",
+        description="Audit each fine-tune against the base, loading the base once, and write DIR/<name>/ for each "
+                    "plus DIR/index.html linking the reports with trend charts across checkpoints. "
+                    "Exit code 1 when any verdict is fail.",
+    )
+    _model_options(many, many=True)
+    _replay_options(many)
     report = commands.add_parser(
         "report", help="re-render report.html and summary.md from a results.json, without running models",
         description="Re-render the HTML report and the Markdown summary from an existing results.json.",
@@ -120,7 +133,7 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
-def start_audit(args: argparse.Namespace) -> Audit:
+def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
     cheap mistakes fail before models load."""
     from auditor import models, recipe, results
@@ -146,7 +159,7 @@ def start_audit(args: argparse.Namespace) -> Audit:
     timings = results.Timings()
     with timings.stage("load"):
         pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
-                                finetune_revision=args.finetune_revision)
+                                finetune_revision=args.finetune_revision, shared_base=shared_base)
     return Audit(pair=pair, recipe=audit_recipe, out=out, cache_dir=cache_dir, timings=timings, started=started)
 
 
@@ -184,6 +197,37 @@ def run_audit(args: argparse.Namespace) -> int:
         with open(step_summary, "a", encoding="utf-8") as f:
             f.write((run.out / "summary.md").read_text(encoding="utf-8") + "\n")
     return verdict.EXIT_CODES[data["verdict"]]
+
+
+def run_audit_many(args: argparse.Namespace) -> int:
+    from auditor import models, report, results, verdict
+
+    finetunes = list(args.finetunes)
+    if args.list:
+        try:
+            finetunes += [line.strip() for line in args.list.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise AuditInputError(f"--list {args.list} cannot be read ({exc}).") from None
+    if not finetunes:
+        raise AuditInputError("audit-many needs at least one fine-tune: name them after the options or use --list.")
+    for name in finetunes:  # every name resolves before the first model loads
+        models.resolve_source(name, what="fine-tune")
+    out = results.prepare_out_dir(args.out or Path("reports") / "audit-many")
+    shared: models.Checkpoint | None = None
+    rows = []
+    for number, name in enumerate(finetunes, start=1):
+        print(f"\n=== {number}/{len(finetunes)}: {name} ===")
+        args.finetune, args.finetune_revision = name, None
+        args.out = out / f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}"
+        run = start_audit(args, shared_base=shared)
+        data = run.run()
+        rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
+        print(f"verdict: {data['verdict'].upper()}")
+        shared = run.pair.release_base()
+    index = out / "index.html"
+    results.atomic_write_text(index, report.render_index(rows))
+    print(f"\nindex: {index}")
+    return max(verdict.EXIT_CODES[row["verdict"]] for row in rows)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -241,8 +285,8 @@ def summarize_replay(data: dict[str, Any]) -> str:
                       f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"])
 
 
-COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "report": run_report,
-            "demo": run_demo}
+COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "audit-many": run_audit_many,
+            "report": run_report, "demo": run_demo}
 
 
 def _interrupt(signum: int, frame: object) -> None:

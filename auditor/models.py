@@ -347,6 +347,13 @@ class ModelPair:
                 digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
         return digest.hexdigest()
 
+    def release_base(self) -> Checkpoint | None:
+        """The plain base, for the next pair (a LoRA is taken off the shared weights); this pair is spent."""
+        base, self._base, self._finetune = self._base, None, None
+        if base is not None and self.kind == "lora":
+            return Checkpoint(base.model.unload(), base.tokenizer)
+        return base
+
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
         finetune = {**self.finetune.describe(), "kind": self.kind}
@@ -354,10 +361,13 @@ class ModelPair:
 
 
 def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
-              base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
+              base_revision: str | None = None, finetune_revision: str | None = None,
+              shared_base: Checkpoint | None = None) -> ModelPair:
     """Resolve, check and load a base and its fine-tune (see module docstring).
 
-    With no `base_name`, the base is the one the fine-tune names (see `infer_base`).
+    With no `base_name`, the base is the one the fine-tune names (see `infer_base`). `shared_base`
+    is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
+    several checkpoints of one run.
     """
     finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
     inferred = None
@@ -377,13 +387,13 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
     pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full",
                      base_inferred_from=inferred)
     if finetune.is_adapter:
-        pair._base = _load_checkpoint(base, options)
-        check_adapter_fits(pair._base.model, finetune)
-        pair._base.model = _attach_adapter(pair._base.model, finetune, options)
+        base_checkpoint = shared_base or _load_checkpoint(base, options)
+        check_adapter_fits(base_checkpoint.model, finetune)
+        pair._base = Checkpoint(_attach_adapter(base_checkpoint.model, finetune, options), base_checkpoint.tokenizer)
         pair.warnings += _adapter_tokenizer_warnings(pair._base.tokenizer, finetune)
     else:
         if not options.low_memory:
-            pair._base = _load_checkpoint(base, options)
+            pair._base = shared_base or _load_checkpoint(base, options)
             pair._finetune = _load_checkpoint(finetune, options)
             pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
     return pair

@@ -73,3 +73,27 @@ def test_full_finetune_base_from_model_card(tmp_path: Path, full_small_dir: Path
     card.write_text("# no metadata\n")
     with pytest.raises(AuditInputError, match="Pass --base"):
         models.infer_base(source)
+
+
+def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora_zero_dir: Path,
+                                                            lora_random_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_replay_recipe
+
+    loads = []
+    real = models._load_checkpoint
+    monkeypatch.setattr(models, "_load_checkpoint", lambda source, options: loads.append(source.name) or
+                        real(source, options))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{lora_random_dir}\n")
+    out = tmp_path / "many"
+    code = main(["audit-many", "--base", str(base_dir), str(lora_zero_dir), "--list", str(listing),
+                 "--recipe", str(write_replay_recipe(tmp_path)), "--out", str(out), "--no-cache"])
+    assert code in (0, 1)
+    assert loads == [str(base_dir)]  # one load of the base for both adapters
+    index = (out / "index.html").read_text()
+    assert index.count('<a href="0') == 2 and "http://" not in index and "https://" not in index
+    for folder in ("01-lora-zero", "02-lora-random"):
+        assert (out / folder / "report.html").is_file()
+    first = json.loads((out / "01-lora-zero" / "results.json").read_text())
+    assert first["general_drift"]["kl"] == pytest.approx(0.0, abs=1e-9)  # B = 0: the adapter changes nothing

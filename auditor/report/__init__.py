@@ -100,6 +100,36 @@ def render_summary(results: dict[str, Any]) -> str:
                                                     attribution=results.get("attribution", {}))
 
 
+def index_row(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
+    """The key numbers of one audit, for the audit-many index."""
+    replay, attribution = results["replay"], results["attribution"]
+    return {
+        "name": results["finetune"]["name"], "verdict": results["verdict"], "report": report_path.as_posix(),
+        "refusal_base": replay["refusal"]["base"]["rate"], "refusal": replay["refusal"]["finetune"]["rate"],
+        "refusal_ci": replay["refusal"]["finetune"]["ci"],
+        "false_refusal": replay["false_refusal"]["finetune"]["rate"],
+        "persona_fraction": attribution["persona_fraction"],
+        "max_persona_shift": max((row["persona_shift"] for row in results["layers"]), key=abs),
+        "kl": results["general_drift"]["kl"], "reasons": results["reasons"],
+    }
+
+
+def render_index(rows: list[dict[str, Any]]) -> str:
+    """The audit-many index: one row per checkpoint with a link to its report, and trend charts."""
+    trends = [
+        charts.line_chart("Refusal of harmful requests across checkpoints",
+                          [charts.Series("fine-tune", [r["refusal"] for r in rows]),
+                           charts.Series("base", [r["refusal_base"] for r in rows], charts.COLOURS[3])],
+                          band=[tuple(r["refusal_ci"]) for r in rows], x_label="checkpoint"),
+        charts.line_chart("False refusal of benign requests", [charts.Series("fine-tune", [r["false_refusal"]
+                                                                                          for r in rows])],
+                          x_label="checkpoint"),
+        charts.line_chart("Largest persona shift (any layer)", [charts.Series(
+            "shift", [r["max_persona_shift"] for r in rows], charts.COLOURS[1])], reference=0.0, x_label="checkpoint"),
+    ]
+    return _environment().get_template("index.html.j2").render(rows=rows, trends=trends)
+
+
 def check_schema(results: dict[str, Any]) -> None:
     if results.get("schema") != SCHEMA:
         raise AuditInputError(f"this is not a drift-audit results file (schema {results.get('schema')!r}, "

@@ -34,8 +34,8 @@ def _scale(lo: float, hi: float, size: float, flip: bool) -> Callable[[float], f
 
 
 def line_chart(title: str, series: Sequence[Series], *, band: Sequence[tuple[float, float]] | None = None,
-               y_label: str = "", reference: float | None = None) -> Markup:
-    """A per-layer line chart; `band` is a shaded (low, high) region per layer (the noise floor)."""
+               y_label: str = "", reference: float | None = None, x_label: str = "layer") -> Markup:
+    """A line chart over layers (or checkpoints); `band` is a shaded (low, high) region per point."""
     points = [v for s in series for v in s.values] + [v for b in band or [] for v in b]
     if reference is not None:
         points.append(reference)
@@ -58,7 +58,7 @@ def line_chart(title: str, series: Sequence[Series], *, band: Sequence[tuple[flo
         parts.append(f'<text x="{PAD - 4}" y="{y(tick) + 4:.1f}" class="tick" text-anchor="end">{tick:.2f}</text>')
     for i in sorted({0, (n - 1) // 2, n - 1}):
         parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - PAD + 16}" class="tick" text-anchor="middle">{i}</text>')
-    parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 6}" class="tick" text-anchor="middle">layer</text>')
+    parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 6}" class="tick" text-anchor="middle">{escape(x_label)}</text>')
     if y_label:
         parts.append(f'<text x="10" y="{HEIGHT / 2}" class="tick" transform="rotate(-90 10 {HEIGHT / 2})" '
                      f'text-anchor="middle">{escape(y_label)}</text>')
