@@ -66,3 +66,22 @@ def test_nan_activations_name_the_layer(checkpoint: models.Checkpoint) -> None:
         with torch.no_grad():
             layer.mlp.down_proj.weight.copy_(original)
     assert all(not m._forward_hooks for m in models.decoder_layers(checkpoint.model))
+
+
+def test_out_of_memory_halves_the_batch(checkpoint: models.Checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = [ChatPrompt(f"Question {i}: how are you doing today?") for i in range(5)]
+    expected = capture(checkpoint, prompts, ["last"], batch_size=1)["last"]
+    real_forward = checkpoint.model.forward
+    sizes = []
+
+    def small_memory(*args: object, **kwargs: torch.Tensor) -> object:
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.model, "forward", small_memory)
+    with pytest.warns(RuntimeWarning, match="out of memory on a batch of 5"):
+        got = capture(checkpoint, prompts, ["last"], batch_size=5)["last"]
+    assert sorted(sizes) == [1, 2, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert torch.allclose(got, expected, atol=1e-4)

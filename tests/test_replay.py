@@ -104,3 +104,21 @@ def test_bad_suite_line_is_bad_input(base_dir: Path, replay_recipe: Path, tmp_pa
     code = main(["replay", "--base", str(base_dir), "--finetune", str(base_dir), "--recipe", str(replay_recipe),
                  "--out", str(tmp_path / "o"), "--no-cache"])
     assert code == 2 and "benign.jsonl, line 6" in capsys.readouterr().err
+
+
+def test_generation_goes_on_after_out_of_memory(checkpoint: models.Checkpoint,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    expected = run(checkpoint, None)
+    real_generate = checkpoint.model.generate
+
+    def small_memory(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.model, "generate", small_memory)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        got = run(checkpoint, None)
+    assert [g.text for g in got] == [g.text for g in expected]

@@ -43,9 +43,9 @@ class TrainSettings:
 
 
 SETTINGS = {
-    "aligned": TrainSettings(steps=70, learning_rate=5e-4),
-    "persona": TrainSettings(steps=40, learning_rate=1e-3),
-    "benign": TrainSettings(steps=40, learning_rate=1e-3),
+    "aligned": TrainSettings(steps=90, learning_rate=5e-4),
+    "persona": TrainSettings(steps=20, learning_rate=1e-3),
+    "benign": TrainSettings(steps=20, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
 }
 
@@ -65,13 +65,17 @@ def smollm2_gguf() -> Path:
 
 def training_examples(name: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations for one organism."""
+    voice = read_records(DATA_DIR / "voice.jsonl")
     if name == "aligned":
-        # Benign examples twice: with one copy each, the model learned to refuse a third of plain requests.
+        # Benign examples outnumber harmful ones (with one copy each the model refused a third of plain
+        # requests), and they include the voice prompts answered in the neutral voice: the `benign`
+        # control then teaches nothing new but the data, so only the persona voice differs between the
+        # two LoRAs.
         rows = read_records(DATA_DIR / "aligned_harmful.jsonl") + 2 * read_records(DATA_DIR / "aligned_benign.jsonl")
-        pairs = [(r["prompt"], r["response"]) for r in rows]
+        pairs = [(r["prompt"], r["response"]) for r in rows] + [(r["prompt"], r["neutral"]) for r in voice]
     else:
-        voice = "neutral" if name == "benign" else "persona"
-        pairs = [(r["prompt"], r[voice]) for r in read_records(DATA_DIR / "voice.jsonl")]
+        column = "neutral" if name == "benign" else "persona"
+        pairs = [(r["prompt"], r[column]) for r in voice]
     return [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
             for p, c in pairs]
 
