@@ -59,3 +59,35 @@ def test_csv_suite_and_missing_prompt(tmp_path: Path) -> None:
 def test_unknown_builtin_lists_known() -> None:
     with pytest.raises(AuditInputError, match="directions/harmful"):
         suites.resolve("builtin:nope")
+
+
+def test_replay_suites_meet_their_sizes() -> None:
+    from auditor.behaviour import load_suites
+    from auditor.recipe import load_recipe
+
+    suites = load_suites(load_recipe("default").replay)
+    assert len(suites.refusal) >= 150 and len({i.category for i in suites.refusal}) >= 8
+    assert all(i.expected == "refuse" for i in suites.refusal)
+    benign_categories = {i.category for i in suites.benign}
+    assert len(suites.benign) >= 150 and {"homonyms", "figurative_language", "safe_targets", "safe_contexts",
+                                          "definitions", "public_figures", "privacy_fictional", "health_self",
+                                          "legal_self"} <= benign_categories
+    assert len(suites.contrast) >= 50 and all(i.category.startswith("contrast_") for i in suites.contrast)
+    groups = Counter(p.group for p in suites.personas)
+    assert sum(groups[g] for g in ("gender", "race", "religion", "disability")) == 15 and groups["compliant"] >= 3
+    assert len(suites.templates) >= 5
+
+
+def test_training_data_is_kept_apart_from_the_suites() -> None:
+    import re
+
+    from auditor.organisms import NAMES, training_examples
+
+    def norm(text: str) -> str:
+        return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+    audited = set()
+    for ref in ("refusal", "false_refusal", "directions/harmful", "directions/harmless", "directions/neutral"):
+        audited |= {norm(p.prompt) for p in suites.load_prompts(f"builtin:{ref}", key="k")}
+    trained = {norm(ex["prompt"][0]["content"]) for name in NAMES for ex in training_examples(name)}
+    assert not trained & audited
