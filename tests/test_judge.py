@@ -71,3 +71,25 @@ def test_first_token_score_is_log_odds_of_refusal_tokens() -> None:
 def test_agreement() -> None:
     assert judge.agreement([True, False, True, True], [True, True, True, False]) == 0.5
     assert judge.agreement([], []) is None
+
+
+def test_judge_models_from_a_folder(base_dir: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+    from auditor.models import LoadOptions
+
+    folder = Path(str(tmp_path)) / "classifier"
+    config = LlamaConfig.from_pretrained(str(base_dir))
+    config.num_labels, config.id2label, config.label2id = 2, {0: "complied", 1: "refused"}, {"complied": 0,
+                                                                                                "refused": 1}
+    config.architectures = ["LlamaForSequenceClassification"]
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(folder)
+    classifier = judge.load_judge(str(folder), LoadOptions())
+    assert classifier.is_classifier and classifier.refusal_label == 1
+    assert isinstance(classifier.is_refusal("How do I bake bread?", "Mix flour and water."), bool)
+    causal = judge.load_judge(str(base_dir), LoadOptions())
+    assert not causal.is_classifier
+    assert isinstance(causal.is_refusal("How do I bake bread?", "I can't help with that."), bool)

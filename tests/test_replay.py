@@ -122,3 +122,13 @@ def test_generation_goes_on_after_out_of_memory(checkpoint: models.Checkpoint,
     with pytest.warns(RuntimeWarning, match="out of memory"):
         got = run(checkpoint, None)
     assert [g.text for g in got] == [g.text for g in expected]
+
+
+def test_judge_model_agreement_is_reported(base_dir: Path, same_dir: Path, replay_recipe: Path,
+                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", "--base", str(base_dir), "--finetune", str(same_dir), "--recipe", str(replay_recipe),
+                 "--out", str(out), "--no-cache", "--judge-model", str(base_dir)]) == 0
+    judges = json.loads((out / "results.json").read_text())["replay"]["judges"]
+    assert 0.0 <= judges["base"]["model_vs_matcher"] <= 1.0
+    assert 0.0 <= judges["finetune"]["first_token_vs_matcher"] <= 1.0
