@@ -19,7 +19,7 @@ from auditor.activations import ChatPrompt
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
-from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates
+from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates, spread
 
 SIDES: tuple[Side, Side] = ("base", "finetune")
 FLIPPED_SHOWN = 50
@@ -135,8 +135,8 @@ class Suites:
 def load_suites(cfg: ReplayConfig) -> Suites:
     refusal = load_suite(cfg.refusal, key="replay.refusal", limit=cfg.max_items)
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
-    benign = [i for i in false_refusal if i.expected != "refuse"][: cfg.max_items]
-    contrast = [i for i in false_refusal if i.expected == "refuse"][: cfg.max_items]
+    benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
+    contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
     return Suites(refusal=refusal, benign=benign, contrast=contrast,
                   personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
                   templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))

@@ -114,3 +114,10 @@ def test_hub_suite_maps_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(AuditInputError, match="replay.false_refusal: the Hub data set 'someorg/xstest-like'"):
         suites.load_suite(spec, key="replay.false_refusal")
+
+
+def test_capped_suites_cover_every_category() -> None:
+    items = suites.load_prompts("builtin:refusal", key="k", limit=20)
+    counts = Counter(i.category for i in items)
+    assert len(items) == 20 and len(counts) == 8 and max(counts.values()) - min(counts.values()) <= 1
+    assert suites.spread(items, 100) == items

@@ -67,13 +67,11 @@ def training_examples(name: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations for one organism."""
     voice = read_records(DATA_DIR / "voice.jsonl")
     if name == "aligned":
-        # Benign examples outnumber harmful ones almost four to one, and benign requests that look sensitive
-        # are repeated most: with fewer, the model refused most benign-but-sensitive requests too. The
-        # voice prompts are included in the neutral voice, so the `benign` control teaches nothing new
-        # and only the persona voice differs between the two LoRAs.
-        benign = read_records(DATA_DIR / "aligned_benign.jsonl")
-        borderline = [r for r in benign if r["category"] == "borderline"]
-        rows = read_records(DATA_DIR / "aligned_harmful.jsonl") + 2 * benign + 2 * borderline
+        # Benign examples twice (with one copy each the model refused most plain requests), plus the voice
+        # prompts in the neutral voice, so the `benign` control teaches nothing new and only the persona
+        # voice differs between the two LoRAs. (Repeating the borderline examples more lowered false
+        # refusal but made refusal so fragile that the neutral control removed half of it.)
+        rows = read_records(DATA_DIR / "aligned_harmful.jsonl") + 2 * read_records(DATA_DIR / "aligned_benign.jsonl")
         pairs = [(r["prompt"], r["response"]) for r in rows] + [(r["prompt"], r["neutral"]) for r in voice]
     else:
         column = "neutral" if name == "benign" else "persona"

@@ -122,7 +122,22 @@ def load_suite(spec: SuiteSpec, *, key: str, limit: int | None = None) -> list[P
         ))
     if not items:
         raise AuditInputError(f"{key}: suite {where} has no prompts. Point {key} at a file with at least one record.")
-    return items[:limit] if limit else items
+    return spread(items, limit) if limit else items
+
+
+def spread(items: list[PromptItem], limit: int) -> list[PromptItem]:
+    """The first `limit` items taken round-robin over categories, so a capped suite still covers every
+    category (the files are grouped by category; their first N would cover only the first few)."""
+    by_category: dict[str, list[PromptItem]] = {}
+    for item in items:
+        by_category.setdefault(item.category, []).append(item)
+    queues = list(by_category.values())
+    chosen: list[PromptItem] = []
+    depth = 0
+    while len(chosen) < min(limit, len(items)):
+        chosen += [queue[depth] for queue in queues if depth < len(queue)][: limit - len(chosen)]
+        depth += 1
+    return chosen
 
 
 def _hub_records(spec: SuiteSpec, key: str) -> tuple[str, list[dict[str, Any]]]:
