@@ -84,10 +84,13 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
     return fraction(base, finetune, restored), list(ci) if ci else None
 
 
-def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None) -> dict[str, Any]:
-    """The `attribution` part of results.json."""
+def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None,
+        items: list[PromptItem] | None = None) -> dict[str, Any]:
+    """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
+    caller (None: load the recipe's now)."""
     cfg = recipe.attribution
-    items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
+    if items is None:
+        items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
     position = recipe.positions[0]
     persona, refusal = measured.base[position].persona, measured.base[position].refusal
     shifts = [row.persona_shift for row in measured.layers[position]]

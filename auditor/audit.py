@@ -17,11 +17,17 @@ from auditor.models import ModelPair
 from auditor.recipe import Recipe
 
 
-def check_inputs(recipe: Recipe, *, replay: bool) -> None:
-    """Read every prompt set the run will need, so a broken suite fails before models load."""
-    directions.prompt_sets(recipe)
-    if replay:
-        behaviour.load_suites(recipe.replay)
+@dataclass(frozen=True)
+class Inputs:
+    """Every prompt set and suite a run reads. Loaded once, before any model, so a broken suite fails
+    early and a run is immune to the files changing under it."""
+
+    prompts: directions.PromptSets
+    suites: behaviour.Suites | None  # None: a run that stops after the directions
+
+
+def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
+    return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe) if replay else None)
 
 
 @dataclass
@@ -30,6 +36,7 @@ class Audit:
 
     pair: ModelPair
     recipe: Recipe
+    inputs: Inputs
     out: Path
     cache_dir: Path | None
     timings: results.Timings = field(default_factory=results.Timings)
@@ -39,7 +46,7 @@ class Audit:
     def directions(self) -> dict[str, Any]:
         """Measure the directions, save the tensors, and return the results.json fields they fill."""
         with self.timings.stage("directions"):
-            self.measured = directions.measure(self.pair, self.recipe)
+            self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
         directions.save_directions(self.out / "directions.safetensors", self.measured,
                                    {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
         by_position = directions.layers_json(self.measured)
@@ -51,17 +58,19 @@ class Audit:
         }
 
     def replay(self) -> dict[str, Any]:
+        assert self.inputs.suites is not None, "inputs loaded with replay=True"
         model_judge = (judge.load_judge(self.recipe.replay.judge_model, self.pair.options)
                        if self.recipe.replay.judge_model else None)
         with self.timings.stage("replay"):
-            replayed, drift = behaviour.run(self.pair, self.recipe, directions.prompt_sets(self.recipe).harmless,
+            replayed, drift = behaviour.run(self.pair, self.recipe, self.inputs.suites, self.inputs.prompts.harmless,
                                             cache_dir=self.cache_dir, model_judge=model_judge)
         return {"replay": replayed, "general_drift": drift}
 
     def attribution(self) -> dict[str, Any]:
-        assert self.measured is not None, "directions() runs before attribution()"
+        assert self.measured is not None and self.inputs.suites is not None, "directions() and replay() run first"
         with self.timings.stage("attribution"):
-            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir)}
+            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir,
+                                                   items=self.inputs.suites.attribution)}
 
     def results(self, parts: dict[str, Any]) -> dict[str, Any]:
         base_info, finetune_info = self.pair.describe()

@@ -125,19 +125,24 @@ def judge_agreement(judged: Sequence[Judged], threshold: float) -> dict[str, Any
 
 @dataclass(frozen=True)
 class Suites:
+    """Every replay suite of a run, loaded once; `attribution` is the refusal items attribution replays."""
+
     refusal: list[PromptItem]
+    attribution: list[PromptItem]
     benign: list[PromptItem]
     contrast: list[PromptItem]
     personas: list[Persona]
     templates: list[str]
 
 
-def load_suites(cfg: ReplayConfig) -> Suites:
-    refusal = load_suite(cfg.refusal, key="replay.refusal", limit=cfg.max_items)
+def load_suites(recipe: Recipe) -> Suites:
+    cfg = recipe.replay
+    refusal = load_suite(cfg.refusal, key="replay.refusal")
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
     benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
     contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
-    return Suites(refusal=refusal, benign=benign, contrast=contrast,
+    return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
+                  benign=benign, contrast=contrast,
                   personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
                   templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
 
@@ -148,11 +153,10 @@ def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side
     return {side: GenerationCache(cache_dir, pair.fingerprint(side), settings) for side in SIDES}
 
 
-def run(pair: ModelPair, recipe: Recipe, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,
+def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,
         model_judge: judge.ModelJudge | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Replay every suite under both checkpoints. Returns (replay, general_drift) for results.json."""
     cfg = recipe.replay
-    suites = load_suites(cfg)
     side_caches = caches(pair, recipe, cache_dir)
     judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
     first_token = {}

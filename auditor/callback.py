@@ -17,9 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from auditor.audit import Audit
+from auditor.audit import Audit, load_inputs
 from auditor.models import LoadOptions, pair_from_model
-from auditor.recipe import load_recipe
+from auditor.recipe import Recipe, load_recipe
 from auditor.results import prepare_out_dir
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
                  step_recipe: str = "quick", stop_on_fail: bool = True, out: str | Path = "reports/training-audit",
                  options: LoadOptions | None = None) -> None:
         self.base, self.every_n_steps, self.stop_on_fail = base, every_n_steps, stop_on_fail
-        self.recipe, self.step_recipe = load_recipe(recipe), load_recipe(step_recipe)  # fail fast on a typo
+        # Recipes and suites are read now, so a typo or a broken suite fails before training starts.
+        self.recipe, self.step_recipe = load_recipe(recipe), load_recipe(step_recipe)
+        self.inputs = {id(r): load_inputs(r, replay=True) for r in (self.recipe, self.step_recipe)}
         self.out, self.options = Path(out), options or LoadOptions()
         self.trainer: Any = None
         self.results: list[dict[str, Any]] = []
@@ -66,14 +68,15 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
         self._audit(kwargs, self.recipe, "final", state)
         return control
 
-    def _audit(self, kwargs: dict[str, Any], recipe: Any, name: str, state: TrainerState) -> dict[str, Any]:
+    def _audit(self, kwargs: dict[str, Any], recipe: Recipe, name: str, state: TrainerState) -> dict[str, Any]:
         model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
         was_training = model.training
         model.eval()
         try:
             pair = pair_from_model(model, tokenizer, base=self.base, options=self.options,
                                    name=f"in-memory fine-tune ({name}, step {state.global_step})")
-            data = Audit(pair=pair, recipe=recipe, out=prepare_out_dir(self.out / name), cache_dir=None).run()
+            data = Audit(pair=pair, recipe=recipe, inputs=self.inputs[id(recipe)], out=prepare_out_dir(self.out / name),
+                         cache_dir=None).run()
         finally:
             if was_training:
                 model.train()

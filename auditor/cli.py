@@ -137,7 +137,7 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
     cheap mistakes fail before models load."""
     from auditor import models, recipe, results
-    from auditor.audit import Audit, check_inputs
+    from auditor.audit import Audit, load_inputs
     from auditor.replay import default_cache_dir
 
     audit_recipe = recipe.load_recipe(args.recipe)
@@ -148,7 +148,7 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
                                replay=replace(audit_recipe.replay, batch_size=args.batch_size))
     if getattr(args, "judge_model", None):
         audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
-    check_inputs(audit_recipe, replay=args.command != "directions")
+    inputs = load_inputs(audit_recipe, replay=args.command != "directions")
     out = results.prepare_out_dir(args.out or default_out(args.finetune))
     options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
                                  trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
@@ -160,7 +160,8 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     with timings.stage("load"):
         pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
                                 finetune_revision=args.finetune_revision, shared_base=shared_base)
-    return Audit(pair=pair, recipe=audit_recipe, out=out, cache_dir=cache_dir, timings=timings, started=started)
+    return Audit(pair=pair, recipe=audit_recipe, inputs=inputs, out=out, cache_dir=cache_dir, timings=timings,
+                 started=started)
 
 
 def run_directions(args: argparse.Namespace) -> int:

@@ -217,9 +217,9 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
     return layers, d_base, d_ft
 
 
-def measure(pair: ModelPair, recipe: Recipe) -> DirectionsResult:
+def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets | None = None) -> DirectionsResult:
     """Capture both models on the recipe's prompts and compare them, position by position."""
-    sets = prompt_sets(recipe)
+    sets = sets or prompt_sets(recipe)
     captured: dict[Side, dict[Position, SetActivations]] = {}
     for side in ("base", "finetune"):
         with pair.use(side) as checkpoint:

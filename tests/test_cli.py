@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import SHARED, write_replay_recipe
 
 from auditor.cli import main
 
@@ -53,3 +53,25 @@ def test_help_explains_every_option() -> None:
     for flag in ("--base", "--finetune", "--base-revision", "--finetune-revision", "--recipe", "--out", "--dtype",
                  "--device", "--low-memory", "--trust-remote-code", "--allow-pickle", "--chat-template"):
         assert flag in result.stdout
+
+
+def test_suites_are_read_once_before_models_load(base_dir: Path, lora_random_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite file that changes (or breaks) while the audit runs does not change what the audit replays."""
+    from auditor import models
+
+    recipe = write_replay_recipe(tmp_path)
+    real_load = models.load_pair
+
+    def load_then_break_the_suites(*args: object, **kwargs: object) -> object:
+        (tmp_path / "harmful.jsonl").write_text("not json\n")
+        (tmp_path / "benign.jsonl").unlink()
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models, "load_pair", load_then_break_the_suites)
+    code = main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe", str(recipe),
+                 "--out", str(tmp_path / "out"), "--no-cache"])
+    assert code in (0, 1)
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["replay"]["refusal"]["base"]["n"] == 6
+    assert data["attribution"]["base"]["n"] == 6

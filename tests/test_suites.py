@@ -65,7 +65,7 @@ def test_replay_suites_meet_their_sizes() -> None:
     from auditor.behaviour import load_suites
     from auditor.recipe import load_recipe
 
-    suites = load_suites(load_recipe("default").replay)
+    suites = load_suites(load_recipe("default"))
     assert len(suites.refusal) >= 150 and len({i.category for i in suites.refusal}) >= 8
     assert all(i.expected == "refuse" for i in suites.refusal)
     benign_categories = {i.category for i in suites.benign}
