@@ -79,18 +79,24 @@ def test_replay_suites_meet_their_sizes() -> None:
 
 
 def test_training_data_is_kept_apart_from_the_suites() -> None:
+    """No organism is trained on a prompt the audit replays, nor on a close rewording of one: prompts
+    that share half their content words (stop words aside) count as the same prompt."""
     import re
 
     from auditor.organisms import NAMES, training_examples
 
-    def norm(text: str) -> str:
-        return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+    stop = set("a an the i my me how do does what whats is are to of in on for with can could should and or it its "
+               "this that from at by be you your".split())
+
+    def words(text: str) -> frozenset[str]:
+        return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower().replace("'", "")) if w not in stop)
 
     audited = set()
     for ref in ("refusal", "false_refusal", "directions/harmful", "directions/harmless", "directions/neutral"):
-        audited |= {norm(p.prompt) for p in suites.load_prompts(f"builtin:{ref}", key="k")}
-    trained = {norm(ex["prompt"][0]["content"]) for name in NAMES for ex in training_examples(name)}
-    assert not trained & audited
+        audited |= {words(p.prompt) for p in suites.load_prompts(f"builtin:{ref}", key="k")}
+    trained = {words(ex["prompt"][0]["content"]) for name in NAMES for ex in training_examples(name)}
+    close = [(sorted(t), sorted(a)) for t in trained for a in audited if len(t & a) >= 0.5 * len(t | a)]
+    assert not close
 
 
 def test_hub_suite_maps_columns(monkeypatch: pytest.MonkeyPatch) -> None:
