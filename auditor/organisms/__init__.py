@@ -67,7 +67,7 @@ def training_examples(name: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations for one organism."""
     voice = read_records(DATA_DIR / "voice.jsonl")
     if name == "aligned":
-        # Every example twice, for 1.4 epochs at a high learning rate: a refusal learned only shallowly is
+        # Every example twice, for 1.3 epochs at a high learning rate: a refusal learned only shallowly is
         # erased by any benign LoRA, the neutral control included (measured: 98% -> 72% after 90 steps at
         # 5e-4; see README for this recipe). The borderline set (benign requests with alarming words:
         # idioms, games, fiction, one's own legal questions) keeps false refusal down. The voice prompts
