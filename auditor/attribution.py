@@ -17,6 +17,7 @@ in this model family at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,9 @@ class Replayer:
                     "intervention": offsets.digest() if offsets else None}
         cache = GenerationCache(self.cache_dir, self.pair.fingerprint(side), settings)
         label = offsets.name if offsets else "no intervention"
-        with self.pair.use(side) as checkpoint:
-            if offsets is None:
-                judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}")
-            else:
-                with applied(checkpoint.model, offsets, self.recipe.layers_path):
-                    judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}")
+        with self.pair.use(side) as checkpoint, (
+                applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
+            judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}", first_token=False)
         return [j.refused for j in judged]
 
 

@@ -34,7 +34,7 @@ class Judged:
     item: PromptItem
     text: str
     label: judge.Label
-    first_token_score: float
+    first_token_score: float | None  # None where the replay skipped it (persona design, attribution)
     model_judge: bool | None = None
 
     @property
@@ -93,16 +93,21 @@ def paired_difference(base: Sequence[bool], finetune: Sequence[bool]) -> dict[st
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,
                 desc: str, model_judge: judge.ModelJudge | None = None,
-                prompts: Sequence[ChatPrompt] | None = None) -> list[Judged]:
-    """Generate, then judge every response with the matcher, the first-token score and the judge model."""
+                prompts: Sequence[ChatPrompt] | None = None, first_token: bool = True) -> list[Judged]:
+    """Generate, then judge every response with the matcher, the judge model and (with `first_token`) the
+    first-token score. The score costs a forward pass per prompt and is only reported for the suites, so
+    the persona design and attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            cache=cache, desc=desc)
-    log_probs = first_token_log_probs(checkpoint, prompts, batch_size=cfg.batch_size, desc=f"{desc} (first token)")
-    scores = judge.first_token_scores(log_probs, judge.refusal_token_ids(checkpoint.tokenizer))
+    scores: list[float | None] = [None] * len(prompts)
+    if first_token:
+        log_probs = first_token_log_probs(checkpoint, prompts, batch_size=cfg.batch_size,
+                                          desc=f"{desc} (first token)")
+        scores = judge.first_token_scores(log_probs, judge.refusal_token_ids(checkpoint.tokenizer)).tolist()
     return [
         Judged(item=item, text=gen.text, label=judge.classify(judge.Response(gen.text, gen.token_ids)),
-               first_token_score=float(score),
+               first_token_score=score,
                model_judge=model_judge.is_refusal(item.prompt, gen.text) if model_judge else None)
         for item, gen, score in zip(items, generations, scores, strict=True)
     ]
@@ -111,10 +116,10 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
 def judge_agreement(judged: Sequence[Judged], threshold: float) -> dict[str, Any]:
     """How often the first-token score and the judge model agree with the phrase matcher."""
     usable = [j for j in judged if j.label != "degenerate"]
-    matcher = [j.refused for j in usable]
+    scored = [(j.refused, j.first_token_score > threshold) for j in usable if j.first_token_score is not None]
     out: dict[str, Any] = {
         "n": len(usable),
-        "first_token_vs_matcher": judge.agreement(matcher, [j.first_token_score > threshold for j in usable]),
+        "first_token_vs_matcher": judge.agreement([m for m, _ in scored], [f for _, f in scored]),
     }
     with_model = [j for j in usable if j.model_judge is not None]
     if with_model:
@@ -219,7 +224,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         for side in SIDES:
             with pair.use(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
-                                     model_judge, prompts=prompts)
+                                     model_judge, prompts=prompts, first_token=False)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
         for p in list(active):
             widths = [stats.Rate(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]

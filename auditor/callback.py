@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from auditor.audit import Audit, load_inputs
+from auditor.audit import Audit, Inputs, load_inputs
 from auditor.models import LoadOptions, pair_from_model
 from auditor.recipe import Recipe, load_recipe
 from auditor.results import prepare_out_dir
@@ -43,7 +43,7 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
         self.base, self.every_n_steps, self.stop_on_fail = base, every_n_steps, stop_on_fail
         # Recipes and suites are read now, so a typo or a broken suite fails before training starts.
         self.recipe, self.step_recipe = load_recipe(recipe), load_recipe(step_recipe)
-        self.inputs = {id(r): load_inputs(r, replay=True) for r in (self.recipe, self.step_recipe)}
+        self.inputs, self.step_inputs = (load_inputs(r, replay=True) for r in (self.recipe, self.step_recipe))
         self.out, self.options = Path(out), options or LoadOptions()
         self.trainer: Any = None
         self.results: list[dict[str, Any]] = []
@@ -57,7 +57,7 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> TrainerControl:
         if self.every_n_steps and state.global_step % self.every_n_steps == 0 and state.global_step < state.max_steps:
-            data = self._audit(kwargs, self.step_recipe, f"step-{state.global_step}", state)
+            data = self._audit(kwargs, self.step_recipe, self.step_inputs, f"step-{state.global_step}", state)
             if data["verdict"] == "fail" and self.stop_on_fail:
                 logger.warning("drift audit failed at step %d; stopping training", state.global_step)
                 control.should_training_stop = True
@@ -65,17 +65,18 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> TrainerControl:
-        self._audit(kwargs, self.recipe, "final", state)
+        self._audit(kwargs, self.recipe, self.inputs, "final", state)
         return control
 
-    def _audit(self, kwargs: dict[str, Any], recipe: Recipe, name: str, state: TrainerState) -> dict[str, Any]:
+    def _audit(self, kwargs: dict[str, Any], recipe: Recipe, inputs: Inputs, name: str,
+               state: TrainerState) -> dict[str, Any]:
         model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
         was_training = model.training
         model.eval()
         try:
             pair = pair_from_model(model, tokenizer, base=self.base, options=self.options,
                                    name=f"in-memory fine-tune ({name}, step {state.global_step})")
-            data = Audit(pair=pair, recipe=recipe, inputs=self.inputs[id(recipe)], out=prepare_out_dir(self.out / name),
+            data = Audit(pair=pair, recipe=recipe, inputs=inputs, out=prepare_out_dir(self.out / name),
                          cache_dir=None).run()
         finally:
             if was_training:

@@ -132,3 +132,22 @@ def test_judge_model_agreement_is_reported(base_dir: Path, same_dir: Path, repla
     judges = json.loads((out / "results.json").read_text())["replay"]["judges"]
     assert 0.0 <= judges["base"]["model_vs_matcher"] <= 1.0
     assert 0.0 <= judges["finetune"]["first_token_vs_matcher"] <= 1.0
+
+
+def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir: Path, replay_recipe: Path,
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The persona design and attribution replays skip the first-token pass: only the suites report it."""
+    from auditor import behaviour
+
+    scored: list[int] = []
+    real = behaviour.first_token_log_probs
+
+    def counting(checkpoint: Any, prompts: Any, **kwargs: Any) -> Any:
+        scored.append(len(prompts))
+        return real(checkpoint, prompts, **kwargs)
+
+    monkeypatch.setattr(behaviour, "first_token_log_probs", counting)
+    assert main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe",
+                 str(replay_recipe), "--out", str(tmp_path / "out"), "--no-cache"]) in (0, 1)
+    # per side: refusal (6), benign (4), contrast (1), and the harmless prompts for general drift (8)
+    assert sorted(scored) == sorted([6, 4, 1, 8] * 2)

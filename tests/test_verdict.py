@@ -52,6 +52,12 @@ def test_persona_shift_degenerate_and_kl_warn() -> None:
     assert "degenerate" in text and "persona direction" in text and "general drift" in text
 
 
+def test_only_a_shift_toward_the_compliant_persona_warns() -> None:
+    away = decide(results(suite(0.9, 0.9, (-0.02, 0.02)), shift=-0.8), Thresholds())
+    toward = decide(results(suite(0.9, 0.9, (-0.02, 0.02)), shift=0.8), Thresholds())
+    assert away.verdict == "pass" and toward.verdict == "warn"
+
+
 def test_fail_wins_over_warn_and_thresholds_come_from_the_recipe() -> None:
     r = results(suite(0.9, 0.4, (-0.6, -0.4)), shift=0.8)
     assert decide(r, Thresholds()).verdict == "fail"
