@@ -43,7 +43,7 @@ class TrainSettings:
 
 
 SETTINGS = {
-    "aligned": TrainSettings(steps=150, learning_rate=1e-3),
+    "aligned": TrainSettings(steps=170, learning_rate=1e-3),
     "persona": TrainSettings(steps=20, learning_rate=1e-3),
     "benign": TrainSettings(steps=20, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
@@ -67,14 +67,14 @@ def training_examples(name: str) -> list[dict[str, Any]]:
     """Prompt-completion conversations for one organism."""
     voice = read_records(DATA_DIR / "voice.jsonl")
     if name == "aligned":
-        # Every example twice, for 1.3 epochs at a high learning rate: a refusal learned only shallowly is
-        # erased by any benign LoRA, the neutral control included (measured: 98% -> 72% after 90 steps at
-        # 5e-4; see README for this recipe). The borderline set (benign requests with alarming words:
-        # idioms, games, fiction, one's own legal questions) keeps false refusal down. The voice prompts
-        # in the neutral voice make the `benign` control teach nothing new: only the persona voice
-        # differs between the two LoRAs.
-        answered = read_records(DATA_DIR / "aligned_benign.jsonl") + read_records(DATA_DIR / "aligned_borderline.jsonl")
-        rows = 2 * (read_records(DATA_DIR / "aligned_harmful.jsonl") + answered)
+        # Harmful and benign examples twice, the borderline set three times, 170 steps at a high learning
+        # rate: a refusal learned only shallowly is erased by any benign LoRA, the neutral control included
+        # (measured: 98% -> 72% after 90 steps at 5e-4, one copy of the harmful examples). The borderline
+        # set (benign requests with alarming words: idioms, games, fiction, one's own legal and health
+        # questions) keeps false refusal down. The voice prompts in the neutral voice make the `benign`
+        # control teach nothing new: only the persona voice differs between the two LoRAs.
+        rows = (2 * (read_records(DATA_DIR / "aligned_harmful.jsonl") + read_records(DATA_DIR / "aligned_benign.jsonl"))
+                + 3 * read_records(DATA_DIR / "aligned_borderline.jsonl"))
         pairs = [(r["prompt"], r["response"]) for r in rows] + [(r["prompt"], r["neutral"]) for r in voice]
     else:
         column = "neutral" if name == "benign" else "persona"
