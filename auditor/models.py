@@ -73,6 +73,14 @@ class Source:
             return [self.path / self.gguf_file]
         return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
 
+    @property
+    def weight_format(self) -> str:
+        """What the weights are read from: transformers prefers safetensors when a folder has both."""
+        if self.in_memory or self.gguf_file:
+            return "in-memory" if self.in_memory else "gguf"
+        suffixes = {p.suffix for p in self.weight_files}
+        return "safetensors" if ".safetensors" in suffixes else "pickle" if suffixes else "none"
+
     def describe(self) -> dict[str, Any]:
         """Provenance for results.json: names, revision, resolved commit and weight-file hashes."""
         return {
@@ -80,7 +88,7 @@ class Source:
             "path": str(self.path),
             "revision": self.revision,
             "commit": self.commit,
-            "format": "in-memory" if self.in_memory else "gguf" if self.gguf_file else "safetensors-or-pickle",
+            "format": self.weight_format,
             "files": {p.name: sha256_file(p) for p in self.weight_files},
         }
 

@@ -69,7 +69,7 @@ def projection_judge(persona: torch.Tensor, baseline: dict[str, float]) -> Any:
     threshold = 0.5 * STRENGTH * float(persona[OFFSET_LAYER].norm())
 
     def fake(checkpoint: models.Checkpoint, items: Sequence[Any], config: Any, cache: Any, desc: str,
-             model_judge: Any = None, prompts: Any = None) -> list[behaviour.Judged]:
+             model_judge: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
         acts = capture(checkpoint, [ChatPrompt(i.prompt) for i in items], ["post_instruction"], batch_size=8)
         proj = acts["post_instruction"][:, -1].double() @ unit
         out = []
@@ -77,7 +77,8 @@ def projection_judge(persona: torch.Tensor, baseline: dict[str, float]) -> Any:
             if item.prompt not in baseline:
                 baseline[item.prompt] = value
             label: judge.Label = "refusal" if value - baseline[item.prompt] < threshold else "compliance"
-            out.append(behaviour.Judged(item=item, text="", label=label, first_token_score=0.0))
+            out.append(behaviour.Judged(item=item, text="", label=label,
+                                       first_token_score=0.0 if first_token else None))
         return out
     return fake
 

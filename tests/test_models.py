@@ -66,6 +66,8 @@ def test_pickled_weights_refused_unless_allowed(base_dir: Path, tmp_path: Path) 
         models.load_pair(str(base_dir), str(pickled), models.LoadOptions())
     pair = models.load_pair(str(base_dir), str(pickled), models.LoadOptions(allow_pickle=True))
     assert pair.kind == "full"
+    assert models.resolve_source(str(pickled), what="--finetune").describe()["format"] == "pickle"
+    assert models.resolve_source(str(base_dir), what="--base").describe()["format"] == "safetensors"
 
 
 def test_corrupt_safetensors_named(base_dir: Path, tmp_path: Path) -> None:
