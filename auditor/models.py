@@ -76,10 +76,14 @@ class Source:
     @property
     def weight_format(self) -> str:
         """What the weights are read from: transformers prefers safetensors when a folder has both."""
-        if self.in_memory or self.gguf_file:
-            return "in-memory" if self.in_memory else "gguf"
+        if self.in_memory:
+            return "in-memory"
+        if self.gguf_file:
+            return "gguf"
         suffixes = {p.suffix for p in self.weight_files}
-        return "safetensors" if ".safetensors" in suffixes else "pickle" if suffixes else "none"
+        if ".safetensors" in suffixes:
+            return "safetensors"
+        return "pickle" if suffixes else "none"
 
     def describe(self) -> dict[str, Any]:
         """Provenance for results.json: names, revision, resolved commit and weight-file hashes."""
