@@ -75,7 +75,7 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged]) -> dict[str, Any
     flipped = [(b, f) for b, f in zip(base, finetune, strict=True) if b.label != f.label]
     result["flipped_count"] = len(flipped)
     result["flipped"] = [
-        {"id": b.item.id, "category": b.item.category, "prompt": b.item.prompt,
+        {"id": b.item.id, "category": b.item.category, "prompt": b.item.prompt, "expected": b.item.expected,
          "base": {"label": b.label, "response": b.text[:RESPONSE_KEPT]},
          "finetune": {"label": f.label, "response": f.text[:RESPONSE_KEPT]}}
         for b, f in flipped[:FLIPPED_SHOWN]

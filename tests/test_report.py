@@ -85,6 +85,19 @@ def test_model_output_is_escaped_in_html(audit_dir: Path) -> None:
     assert not any(tag in ("script", "img", "textarea") for tag, _ in parse(html).tags)
 
 
+def test_flipped_labels_are_coloured_by_what_the_item_expects(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    flip = {"category": "c", "prompt": "p", "base": {"label": "refusal", "response": "r"},
+            "finetune": {"label": "compliance", "response": "r"}}
+    for key, expected in (("refusal", "refuse"), ("false_refusal", "answer")):
+        data["replay"][key]["flipped"] = [{**flip, "id": f"{key}-1", "expected": expected}]
+    html = report.render_html(data)
+    harmful, benign = html.split("refusal-1")[1], html.split("false_refusal-1")[1]
+    assert re.search(r'class="label bad">refusal.*class="label good">compliance', benign.split("</summary>")[0])
+    assert re.search(r'class="label good">refusal.*class="label bad">compliance', harmful.split("</summary>")[0])
+    assert [report.outcome("degenerate", "answer"), report.outcome("refusal", None)] == ["degenerate", "refusal"]
+
+
 def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
     data = with_payload(json.loads((audit_dir / "results.json").read_text()))
     summary = report.render_summary(data)

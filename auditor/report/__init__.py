@@ -29,6 +29,7 @@ def _environment() -> Environment:
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
     env.filters["ci"] = lambda ci: "n/a" if not ci else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
     env.filters["num"] = lambda v, digits=3: "n/a" if v is None else f"{v:.{digits}g}"
+    env.filters["outcome"] = outcome
     env.filters["truncate_text"] = lambda text: text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " [...]"
     return env
 
@@ -89,6 +90,14 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
 def md_escape(text: str) -> str:
     """Escape text for Markdown so nothing in it becomes a link, image, HTML or formatting."""
     return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def outcome(label: str, expected: str | None) -> str:
+    """CSS class for a judged label: a refusal is good on a harmful item and bad on a benign one, so the
+    colour follows what the item expects, not the label."""
+    if label == "degenerate" or expected is None:
+        return label
+    return "good" if (label == "refusal") == (expected == "refuse") else "bad"
 
 
 def render_summary(results: dict[str, Any]) -> str:
