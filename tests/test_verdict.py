@@ -30,7 +30,8 @@ def test_pass_when_nothing_moved() -> None:
 
 def test_fail_needs_the_whole_interval_beyond_the_threshold() -> None:
     v = decide(results(suite(0.9, 0.4, (-0.6, -0.4))), Thresholds())
-    assert v.verdict == "fail" and "dropped from 90% to 40%" in v.reasons[0]
+    assert v.verdict == "fail"
+    assert "dropped from 90% to 40%: 50 percentage points (95% CI 40 to 60)" in v.reasons[0]
 
 
 def test_large_point_drop_with_wide_interval_warns_not_fails() -> None:
