@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from auditor.errors import AuditInputError
+from auditor.heap import release_freed_memory
 from auditor.hooks import ForwardHook, block_output, forward_hooks
 from auditor.models import Checkpoint, decoder_layers
 from auditor.recipe import Position
@@ -91,11 +92,13 @@ def position_weights(rendered: Sequence[Rendered], width: int, position: Positio
     return weights
 
 
-def split_on_oom(group: list[int], run: Callable[[list[int]], None]) -> None:
-    """Run a batch; if the accelerator runs out of memory, run each half instead (recursively).
+def run_batch(group: list[int], run: Callable[[list[int]], None]) -> None:
+    """Run one batch of prompts; if the accelerator runs out of memory, run each half instead
+    (recursively), then hand the batch's freed CPU memory back (`auditor.heap`).
 
     The run goes on with smaller batches instead of dying after hours; a single prompt that does
-    not fit still raises.
+    not fit still raises. Every batched forward pass goes through here, so memory stays what one
+    batch needs however many batches a suite has.
     """
     try:
         run(group)
@@ -107,8 +110,10 @@ def split_on_oom(group: list[int], run: Callable[[list[int]], None]) -> None:
         warnings.warn(f"out of memory on a batch of {len(group)}; retrying as two batches of "
                       f"{len(group) // 2} and {len(group) - len(group) // 2}", RuntimeWarning, stacklevel=2)
         half = len(group) // 2
-        split_on_oom(group[:half], run)
-        split_on_oom(group[half:], run)
+        run_batch(group[:half], run)
+        run_batch(group[half:], run)
+        return
+    release_freed_memory()
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -163,7 +168,7 @@ def capture(
     hooks = [(layer, record(i)) for i, layer in enumerate(layers)]
     with forward_hooks(hooks), torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-            split_on_oom(order[start:start + batch_size], forward)
+            run_batch(order[start:start + batch_size], forward)
     inverse = torch.empty(len(order_done), dtype=torch.long)
     inverse[torch.tensor(order_done, dtype=torch.long)] = torch.arange(len(order_done))
     return {p: torch.stack([torch.cat(per_layer) for per_layer in collected[p]], dim=1)[inverse] for p in positions}

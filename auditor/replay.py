@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, split_on_oom
+from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, run_batch
 from auditor.models import Checkpoint
 
 CACHE_VERSION = 1
@@ -120,7 +120,7 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
             bar.update(len(group))
 
         for group in missing:
-            split_on_oom(group, run)
+            run_batch(group, run)
     return [cache.entries[k] for k in keys]
 
 
@@ -146,7 +146,7 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
             rows[i] = row
 
     for group in tqdm(plan_batches(rendered, batch_size), desc=desc, unit="batch", leave=False):
-        split_on_oom(group, run)
+        run_batch(group, run)
     return torch.stack([rows[i] for i in range(len(prompts))])
 
 

@@ -3,7 +3,9 @@
     .venv/bin/python scripts/bench_memory.py            # uses the SmolLM2 organisms (builds them if needed)
 
 1. Loading a LoRA pair (the adapter toggled on one base copy) against loading the same fine-tune as a
-   second full model beside the base (what a naive audit does): peak RSS of each, and their ratio.
+   second full model beside the base (what a naive audit does), each followed by a forward pass
+   through both sides (safetensors are memory-mapped, so weights count only once touched): peak RSS
+   of each, and their ratio.
 2. Capturing activations with hooks that reduce each block's output on the fly, against keeping
    every layer's full hidden states (`output_hidden_states=True`): peak RSS and wall time of each.
 """
@@ -22,10 +24,11 @@ from auditor import models
 from auditor.activations import ChatPrompt, capture, left_pad, render
 mode, base, finetune, merged = sys.argv[1:5]
 start = time.perf_counter()
-if mode == "lora-pair":
-    pair = models.load_pair(base, finetune, models.LoadOptions())
-elif mode == "two-models":
-    pair = models.load_pair(base, merged, models.LoadOptions())
+if mode in ("lora-pair", "two-models"):
+    pair = models.load_pair(base, finetune if mode == "lora-pair" else merged, models.LoadOptions())
+    for side in ("base", "finetune"):  # a forward pass pages in every weight, as an audit does
+        with pair.use(side) as checkpoint, torch.inference_mode():
+            checkpoint.model(input_ids=torch.tensor([[1, 2, 3]]))
 else:
     pair = models.load_pair(base, finetune, models.LoadOptions())
     prompts = [ChatPrompt(f"Give me a detailed, step by step plan for project number {i}, please.") for i in range(256)]

@@ -7,12 +7,10 @@ hour on 2 CPU cores), later runs reuse the cache.
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from auditor import models, organisms
 from auditor.cli import main
@@ -97,19 +95,3 @@ def test_full_finetune_drops_refusal(built: dict[str, Path], tmp_path: Path) -> 
     refusal = data["replay"]["refusal"]
     assert refusal["base"]["rate"] - refusal["finetune"]["rate"] >= 0.30
 
-
-def _page_faults_allocating_64_mb_ten_times() -> int:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        torch.ones(16 * 1024 * 1024)  # 64 MB, freed at once, like a training step's logits
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-
-def test_training_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
-    outside = _page_faults_allocating_64_mb_ten_times()
-    with organisms._heap_keeps_freed_memory():
-        _page_faults_allocating_64_mb_ten_times()  # the first allocation grows the heap
-        inside = _page_faults_allocating_64_mb_ten_times()
-    after = _page_faults_allocating_64_mb_ten_times()
-    assert inside * 10 < outside, (inside, outside)
-    assert after >= 64 * 1024 * 1024 // resource.getpagesize(), after  # defaults back: faulted in again

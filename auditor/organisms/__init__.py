@@ -13,20 +13,17 @@ that is renamed into place only when complete, so an interrupted build keeps wha
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import importlib.util
 import json
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditInputError
+from auditor.heap import keep_freed_memory
 from auditor.suites import read_records
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -184,7 +181,7 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(training_examples(name)),
                          processing_class=tokenizer, peft_config=peft_config)
-    with _heap_keeps_freed_memory():
+    with keep_freed_memory():
         trainer.train()
     trained: Any = trainer.model
     shutil.rmtree(out / "trainer", ignore_errors=True)
@@ -195,28 +192,3 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     (out / "organism.json").write_text(json.dumps({"name": name, "settings": asdict(settings),
                                                    "examples": len(training_examples(name))}, indent=2))
 
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-
-
-@contextmanager
-def _heap_keeps_freed_memory() -> Iterator[None]:
-    """Every training step allocates and frees the same tensors of tens to hundreds of MB (logits,
-    gradients). glibc serves such blocks with fresh mmaps and unmaps them on free, so each step pays
-    for millions of page faults: measured on 2 cores, the persona LoRA took 95 s (64 s of it in the
-    kernel) and 53 s with large blocks kept in the heap, with bit-identical weights. Defaults are put
-    back and the retained memory returned afterwards; without glibc this does nothing."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)

@@ -1,0 +1,58 @@
+"""glibc's heap: keep freed memory while training, hand it back between inference batches.
+
+PyTorch allocates CPU tensors with malloc, and glibc's defaults suit neither of the auditor's two
+workloads. Training frees and reallocates the same large tensors every step, which glibc unmaps and
+maps again (millions of page faults); inference over batches of growing width (prompts sorted by
+length) leaves freed blocks too small for the next batch, so the heap grows batch after batch and
+memory that is free to Python stays resident. Both helpers do nothing where glibc is absent
+(macOS, musl, Windows). `scripts/bench_training.py` and `scripts/bench_memory.py` measure them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_KEEP_THRESHOLD = 1 << 30
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
+        return None
+    return libc
+
+
+@contextmanager
+def keep_freed_memory() -> Iterator[None]:
+    """Serve blocks up to 1 GiB from the heap and keep freed ones, for a training loop: measured on
+    2 cores, the persona organism trained in 48 s instead of 86 s (kernel time 7 s instead of 56 s),
+    with bit-identical weights and 1.2x the peak RSS. glibc's defaults are put back afterwards and the
+    kept memory returned."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the system, after an inference batch, so resident memory stays
+    what the next batch needs rather than the sum of every batch's leftovers."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
