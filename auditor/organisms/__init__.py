@@ -191,4 +191,3 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
     (out / "organism.json").write_text(json.dumps({"name": name, "settings": asdict(settings),
                                                    "examples": len(training_examples(name))}, indent=2))
-
