@@ -40,14 +40,18 @@ def keep_freed_memory() -> Iterator[None]:
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_THRESHOLD)
+    _set_thresholds(libc, _KEEP_THRESHOLD)
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        _set_thresholds(libc, _GLIBC_DEFAULT_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def _set_thresholds(libc: ctypes.CDLL, size: int) -> None:
+    """Blocks below `size` come from the heap, and up to `size` of free heap top stays mapped."""
+    libc.mallopt(_M_MMAP_THRESHOLD, size)
+    libc.mallopt(_M_TRIM_THRESHOLD, size)
 
 
 def release_freed_memory() -> None:

@@ -24,13 +24,12 @@ from auditor import models
 from auditor.activations import ChatPrompt, capture, left_pad, render
 mode, base, finetune, merged = sys.argv[1:5]
 start = time.perf_counter()
+pair = models.load_pair(base, merged if mode == "two-models" else finetune, models.LoadOptions())
 if mode in ("lora-pair", "two-models"):
-    pair = models.load_pair(base, finetune if mode == "lora-pair" else merged, models.LoadOptions())
     for side in ("base", "finetune"):  # a forward pass pages in every weight, as an audit does
         with pair.use(side) as checkpoint, torch.inference_mode():
             checkpoint.model(input_ids=torch.tensor([[1, 2, 3]]))
 else:
-    pair = models.load_pair(base, finetune, models.LoadOptions())
     prompts = [ChatPrompt(f"Give me a detailed, step by step plan for project number {i}, please.") for i in range(256)]
     with pair.use("base") as checkpoint:
         if mode == "capture-hooks":

@@ -94,4 +94,3 @@ def test_full_finetune_drops_refusal(built: dict[str, Path], tmp_path: Path) -> 
     assert data["finetune"]["kind"] == "full"
     refusal = data["replay"]["refusal"]
     assert refusal["base"]["rate"] - refusal["finetune"]["rate"] >= 0.30
-
