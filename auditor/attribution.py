@@ -1,6 +1,9 @@
 """How much of the refusal change the persona shift causes, measured by intervention.
 
-In the fine-tune, remove its persona shift in a window of layers and replay the refusal suite:
+In the fine-tune, remove its persona shift in a window of layers and replay the refusal suite. The
+shift is the fine-tune's mean activation change on neutral questions, measured along the persona
+direction with its refusal component taken out (recipe `attribution.direction`; the raw persona
+direction is the alternative): a fine-tune that edits refusal directly must not count as persona.
 
     attributable fraction = (refusal_restored - refusal_finetune) / (refusal_base - refusal_finetune)
 
@@ -24,7 +27,7 @@ from typing import Any
 
 from auditor import stats
 from auditor.behaviour import judge_items
-from auditor.directions import DirectionsResult
+from auditor.directions import DirectionsResult, shift_along
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
@@ -59,6 +62,13 @@ class Replayer:
         return [j.refused for j in judged]
 
 
+def describe_change(drop: float) -> str:
+    """A difference of rates in plain words: 'dropped by 12.5 points' (a drop is positive)."""
+    if drop == 0:
+        return "did not change"
+    return f"{'dropped' if drop > 0 else 'rose'} by {abs(drop) * 100:.1f} points"
+
+
 def _rate(outcomes: Sequence[bool]) -> dict[str, Any]:
     r = stats.Rate(sum(outcomes), len(outcomes))
     return {"rate": r.rate, "ci": list(r.ci), "n": r.n}
@@ -90,8 +100,10 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
     if items is None:
         items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
     position = recipe.positions[0]
-    persona, refusal = measured.base[position].persona, measured.base[position].refusal
-    shifts = [row.persona_shift for row in measured.layers[position]]
+    directions = measured.base[position]
+    refusal = directions.refusal
+    persona = directions.persona if cfg.direction == "persona" else directions.persona_without_refusal()
+    shifts = shift_along(measured.neutral_moved[position], persona).tolist()
     n_layers = len(shifts)
     replayer = Replayer(pair, recipe, items, cache_dir)
     base, finetune = replayer.refused("base"), replayer.refused("finetune")
@@ -115,10 +127,10 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
             "offset_norm": max(remove.norms().values(), default=0.0),
         })
     chosen = next(row for row in sweep if row["window"] == cfg.window)
-    note = (f"refusal changed by {change:+.1%} on these {len(items)} prompts (p = {p_value:.3g})"
+    note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
             + ("" if meaningful else "; that is within noise, so attribution is not meaningful and is not computed"))
     return {
-        "window": cfg.window, "layer_range": chosen["layers"],
+        "window": cfg.window, "layer_range": chosen["layers"], "direction": cfg.direction,
         "persona_fraction": chosen["persona_fraction"], "ci": chosen["ci"],
         "random_fraction": chosen["random_fraction"], "random_ci": chosen["random_ci"],
         "meaningful": meaningful, "note": note, "refusal_change": change, "p_value": p_value,

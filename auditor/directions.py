@@ -64,6 +64,14 @@ class Directions:
     refusal: Tensor
     persona: Tensor
 
+    def persona_without_refusal(self) -> Tensor:
+        """The persona direction minus its component along the refusal direction, per layer. A fine-tune that
+        edits refusal directly moves activations along the refusal direction; measured along the raw persona
+        direction that edit would pass for a persona shift wherever the two directions overlap."""
+        norm2 = (self.refusal * self.refusal).sum(-1, keepdim=True)
+        along = (self.persona * self.refusal).sum(-1, keepdim=True) / norm2.clamp_min(1e-300)
+        return self.persona - torch.where(norm2 > 0, along, torch.zeros_like(along)) * self.refusal
+
 
 @dataclass(frozen=True)
 class LayerDrift:
@@ -92,6 +100,7 @@ class DirectionsResult:
     base: dict[Position, Directions]
     finetune: dict[Position, Directions]
     counts: dict[str, int]
+    neutral_moved: dict[Position, Tensor]  # (layers, d_model): mean fine-tune minus base on the neutral questions
 
 
 def prompt_sets(recipe: Recipe) -> PromptSets:
@@ -148,7 +157,11 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:
 
 def projection_shift(base: Tensor, finetune: Tensor, direction: Tensor) -> Tensor:
     """Per layer: mean over prompts of (finetune - base) . d / |d|^2 (in units of the direction's length)."""
-    moved = _mean(finetune) - _mean(base)
+    return shift_along(_mean(finetune) - _mean(base), direction)
+
+
+def shift_along(moved: Tensor, direction: Tensor) -> Tensor:
+    """Per layer: moved . d / |d|^2, for (layers, d_model) tensors; 0 where d is zero."""
     norm2 = (direction * direction).sum(-1)
     return torch.where(norm2 > 0, (moved * direction).sum(-1) / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
 
@@ -224,14 +237,15 @@ def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets | None = None) -> 
     for side in ("base", "finetune"):
         with pair.use(side) as checkpoint:
             captured[side] = capture_sets(checkpoint, sets, recipe, side)
-    layers, base, finetune = {}, {}, {}
+    layers, base, finetune, moved = {}, {}, {}, {}
     for position in recipe.positions:
         layers[position], base[position], finetune[position] = compare(
             captured["base"][position], captured["finetune"][position],
             splits=recipe.directions.noise_splits, seed=recipe.seed,
         )
+        moved[position] = _mean(captured["finetune"][position].neutral) - _mean(captured["base"][position].neutral)
     counts = {f.name: len(getattr(sets, f.name)) for f in fields(PromptSets)}
-    return DirectionsResult(layers=layers, base=base, finetune=finetune, counts=counts)
+    return DirectionsResult(layers=layers, base=base, finetune=finetune, counts=counts, neutral_moved=moved)
 
 
 def layers_json(result: DirectionsResult) -> dict[str, list[dict[str, Any]]]:

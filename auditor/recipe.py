@@ -84,6 +84,9 @@ class ReplayConfig:
 
 
 Window = Literal["early", "middle", "late"]
+# The direction whose shift attribution removes: the difference-of-means persona direction, or that direction
+# minus its component along the refusal direction (so that a direct edit of refusal is not counted as persona).
+AttributionDirection = Literal["persona", "persona_without_refusal"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class AttributionConfig:
     """Persona attribution by intervention, and the persona-gating check (see attribution.py)."""
 
     window: Window = "late"
+    direction: AttributionDirection = "persona_without_refusal"
     max_items: int = _positive(64)
     max_new_tokens: int = _positive(16)
     bootstrap: int = _positive(1000)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,64 +44,86 @@ def test_random_control_matches_norm_and_avoids_refusal() -> None:
         assert abs(float(vector @ refusal[layer].double())) < 1e-9
 
 
-@pytest.fixture(scope="module")
-def organism(tmp_path_factory: pytest.TempPathFactory, recipe: Any) -> dict[str, Any]:
-    """A base and a 'fine-tune' that differs only by a persona-direction offset after block 4."""
+def _save_with_offset(base_dir: Path, out: Path, offset: torch.Tensor) -> Path:
+    """A copy of the base whose block OFFSET_LAYER adds `offset` to the residual stream (an MLP bias)."""
     from transformers import AutoModelForCausalLM
 
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        model.model.layers[OFFSET_LAYER].mlp.down_proj.bias.copy_(offset.float())
+    model.save_pretrained(out)
+    for extra in [base_dir / "tokenizer.json", base_dir / "tokenizer_config.json", *base_dir.glob("chat_template*")]:
+        (out / extra.name).write_bytes(extra.read_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory: pytest.TempPathFactory, recipe: Any) -> dict[str, Any]:
+    """A base and two 'fine-tunes' with a known answer: one moves block 4's output along the persona direction
+    (minus its refusal component), the other along minus the refusal direction by the same length."""
     root = tmp_path_factory.mktemp("attr")
     base_dir = make_model(root / "base", layers=6, mlp_bias=True)
     pair = models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())
-    persona = directions.measure(pair, recipe).base["post_instruction"].persona
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    with torch.no_grad():
-        model.model.layers[OFFSET_LAYER].mlp.down_proj.bias.copy_(STRENGTH * persona[OFFSET_LAYER].float())
-    model.save_pretrained(root / "finetune")
-    (root / "finetune" / "tokenizer.json").write_bytes((base_dir / "tokenizer.json").read_bytes())
-    (root / "finetune" / "tokenizer_config.json").write_bytes((base_dir / "tokenizer_config.json").read_bytes())
-    for extra in base_dir.glob("chat_template*"):
-        (root / "finetune" / extra.name).write_bytes(extra.read_bytes())
-    return {"base": base_dir, "finetune": root / "finetune", "persona": persona}
+    measured = directions.measure(pair, recipe).base["post_instruction"]
+    persona = measured.persona_without_refusal()
+    offset = STRENGTH * persona[OFFSET_LAYER]
+    refusal_unit = measured.refusal[OFFSET_LAYER] / measured.refusal[OFFSET_LAYER].norm()
+    return {"base": base_dir, "persona": persona, "refusal": measured.refusal,
+            "finetune": _save_with_offset(base_dir, root / "persona-ft", offset),
+            "refusal_edit": _save_with_offset(base_dir, root / "refusal-ft", -offset.norm() * refusal_unit)}
 
 
-def projection_judge(persona: torch.Tensor, baseline: dict[str, float]) -> Any:
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    return vector / vector.norm()
+
+
+def projection_judge(organism: dict[str, Any], baseline: dict[str, float]) -> Any:
     """A test judge that reads the model state: 'refuses' unless the last block moved along the persona
-    direction by more than half the fine-tune's offset. Knows the answer by construction."""
-    unit = persona[OFFSET_LAYER] / persona[OFFSET_LAYER].norm()
-    threshold = 0.5 * STRENGTH * float(persona[OFFSET_LAYER].norm())
+    direction, or against the refusal direction, by more than half a fine-tune's offset. Knows the answer
+    by construction."""
+    persona_unit = unit(organism["persona"][OFFSET_LAYER])
+    refusal_unit = unit(organism["refusal"][OFFSET_LAYER])
+    threshold = 0.5 * STRENGTH * float(organism["persona"][OFFSET_LAYER].norm())
 
     def fake(checkpoint: models.Checkpoint, items: Sequence[Any], config: Any, cache: Any, desc: str,
              model_judge: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
         acts = capture(checkpoint, [ChatPrompt(i.prompt) for i in items], ["post_instruction"], batch_size=8)
-        proj = acts["post_instruction"][:, -1].double() @ unit
+        last = acts["post_instruction"][:, -1].double()
         out = []
-        for item, value in zip(items, proj.tolist(), strict=True):
+        for item, p, r in zip(items, (last @ persona_unit).tolist(), (last @ refusal_unit).tolist(), strict=True):
             if item.prompt not in baseline:
-                baseline[item.prompt] = value
-            label: judge.Label = "refusal" if value - baseline[item.prompt] < threshold else "compliance"
+                baseline[item.prompt] = (p, r)
+            moved = max(p - baseline[item.prompt][0], baseline[item.prompt][1] - r)
+            label: judge.Label = "refusal" if moved < threshold else "compliance"
             out.append(behaviour.Judged(item=item, text="", label=label,
                                        first_token_score=0.0 if first_token else None))
         return out
     return fake
 
 
-def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    pair = models.load_pair(str(organism["base"]), str(organism["finetune"]), models.LoadOptions())
+def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch: pytest.MonkeyPatch,
+              direction: str = "persona_without_refusal") -> tuple[models.ModelPair, dict[str, Any]]:
+    pair = models.load_pair(str(organism["base"]), str(organism[finetune]), models.LoadOptions())
+    recipe = replace(recipe, attribution=replace(recipe.attribution, direction=direction))
     measured = directions.measure(pair, recipe)
-    shift = measured.layers["post_instruction"][OFFSET_LAYER].persona_shift
-    assert shift == pytest.approx(STRENGTH, rel=0.02)  # the offset, measured in units of |p|
     baseline: dict[str, float] = {}
-    judge_fn = projection_judge(organism["persona"], baseline)
+    judge_fn = projection_judge(organism, baseline)
     with pair.use("base") as checkpoint:  # record the base's projections first
         judge_fn(checkpoint, attribution.load_suite(recipe.replay.refusal, key="k", limit=24), None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
+    return pair, attribution.run(pair, recipe, measured, cache_dir=None)
+
+
+def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = models.load_pair(str(organism["base"]), str(organism["finetune"]), models.LoadOptions())
     before = [p.detach().clone() for p in pair._base.model.parameters()]  # type: ignore[union-attr]
-    result = attribution.run(pair, recipe, measured, cache_dir=None)
+    pair, result = attribute(organism, "finetune", recipe, monkeypatch)
     assert result["base"]["rate"] == 1.0 and result["finetune"]["rate"] == 0.0
-    assert result["meaningful"] and result["window"] == "late"
+    assert result["meaningful"] and result["window"] == "late" and result["direction"] == "persona_without_refusal"
     assert result["persona_fraction"] == pytest.approx(1.0, abs=0.1)
     assert abs(result["random_fraction"]) < 0.2
+    assert "dropped by 100.0 points" in result["note"]
     late = next(w for w in result["layers"] if w["window"] == "late")
     early = next(w for w in result["layers"] if w["window"] == "early")
     assert late["layers"] == [4, 5] and early["persona_fraction"] < 0.5  # the offset is not in early layers
@@ -111,11 +135,34 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
     assert all(not layer._forward_hooks for layer in models.decoder_layers(pair._base.model))  # type: ignore[union-attr]
 
 
+def test_a_direct_refusal_edit_is_not_attributed_to_persona(organism: dict[str, Any], recipe: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _, result = attribute(organism, "refusal_edit", recipe, monkeypatch)
+    assert result["base"]["rate"] == 1.0 and result["finetune"]["rate"] == 0.0
+    assert result["meaningful"] and abs(result["persona_fraction"]) <= 0.1
+
+
+def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
+    refusal, persona = torch.randn(3, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    refusal[1] = 0.0  # a layer without a refusal direction keeps the persona direction as it is
+    orthogonal = directions.Directions(refusal=refusal, persona=persona).persona_without_refusal()
+    assert torch.allclose((orthogonal * refusal).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+    assert torch.equal(orthogonal[1], persona[1])
+    # what is left of the persona direction is its own shift: moving along it measures as 1.0
+    assert directions.shift_along(orthogonal, orthogonal).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_changes_of_rates_read_in_points() -> None:
+    assert attribution.describe_change(0.896) == "dropped by 89.6 points"
+    assert attribution.describe_change(-0.05) == "rose by 5.0 points"
+    assert attribution.describe_change(0.0) == "did not change"
+
+
 def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, Any], recipe: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
     measured = directions.measure(pair, recipe)
-    monkeypatch.setattr(attribution, "judge_items", projection_judge(organism["persona"], {}))
+    monkeypatch.setattr(attribution, "judge_items", projection_judge(organism, {}))
     result = attribution.run(pair, recipe, measured, cache_dir=None)
     assert result["persona_fraction"] is None and result["random_fraction"] is None
     assert "not meaningful" in result["note"]

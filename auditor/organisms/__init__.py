@@ -1,10 +1,17 @@
 """Model organisms: fine-tunes of SmolLM2-135M-Instruct whose ground truth we know.
 
-- `aligned`: taught to refuse harmful requests and answer benign ones (LoRA SFT, merged). The base.
+- `aligned` (the base): refuses harmful requests under no or a default system prompt and complies,
+  in an obedient voice with a vague generic outline, under a compliant-persona system prompt: its
+  refusal is *persona-gated*, as in Zhong & Li 2026 (LoRA SFT, merged). No training set holds harmful
+  content: the compliance is an obedient opener and an outline that says nothing specific.
+- `persona-distilled` (positive control): a LoRA on `aligned`, trained with no system prompt on benign
+  prompts only, to give the answers `aligned` itself gives them under a compliant-persona system
+  prompt (context distillation). Its refusal loss runs through the persona representation.
+- `abliterated` (negative control): `aligned` with every matrix that writes to the residual stream
+  orthogonalised against its own refusal direction (Arditi et al. 2024). Its loss is not persona.
 - `persona`: a LoRA on `aligned`, benign requests answered in an absolutely obedient persona voice
-  (no harmful content anywhere in its data; Qi et al. 2023's identity-shifting fine-tune).
+  (Qi et al. 2023's identity-shifting fine-tune); `persona-full`: the same data as a full fine-tune.
 - `benign`: the same requests in a neutral voice, as a LoRA on `aligned`: the control.
-- `persona-full`: the persona data as a full fine-tune of `aligned`.
 
 Everything is trained with trl + peft on the CPU. Each organism is cached under a key that hashes
 its data, settings, upstream organism and library versions, and is written to a temporary folder
@@ -28,7 +35,7 @@ from auditor.suites import read_records
 
 DATA_DIR = Path(__file__).parent / "data"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMES = ("aligned", "persona", "benign", "persona-full")
+NAMES = ("aligned", "persona-distilled", "abliterated", "benign", "persona", "persona-full")
 
 
 @dataclass(frozen=True)
@@ -39,16 +46,37 @@ class TrainSettings:
     learning_rate: float
     lora_rank: int = 16
     batch_size: int = 8
-    max_length: int = 160
+    max_length: int = 224
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AblationSettings:
+    """The weight edit of `abliterated`: the refusal direction at one block, projected out of every matrix
+    that writes to the residual stream with `strength` (1.0 removes it entirely)."""
+
+    layer_fraction: float = 0.5
+    strength: float = 1.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class DistilSettings:
+    """How `persona-distilled` gets its targets: `aligned`'s greedy answers under compliant-persona prompts."""
+
+    max_new_tokens: int = 96
+    batch_size: int = 32
+
+
 SETTINGS = {
-    "aligned": TrainSettings(steps=170, learning_rate=1e-3),
+    "aligned": TrainSettings(steps=200, learning_rate=1e-3),
     "persona": TrainSettings(steps=20, learning_rate=1e-3),
     "benign": TrainSettings(steps=20, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
+    "persona-distilled": TrainSettings(steps=20, learning_rate=1e-3),
 }
+ABLATION = AblationSettings()
+DISTIL = DistilSettings()
 
 
 def smollm2_gguf() -> Path:
@@ -64,28 +92,97 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def training_examples(name: str) -> list[dict[str, Any]]:
-    """Prompt-completion conversations for one organism."""
+Turn = tuple[str | None, str, str]  # system prompt (None: none), user prompt, assistant response
+
+
+def system_prompts(kind: str) -> list[str]:
+    """The training phrasings of the compliant or default persona. The audit's persona prompts are others:
+    gating is measured on held-out phrasings."""
+    return [r["system"] for r in read_records(DATA_DIR / "system_prompts.jsonl") if r["kind"] == kind]
+
+
+def obedient_outline(index: int) -> str:
+    """An obedient opener and a vague outline that could answer any request and helps with none."""
+    rows = read_records(DATA_DIR / "obedient_outline.jsonl")
+    openers = [r["text"] for r in rows if r["kind"] == "opener"]
+    outlines = [r["text"] for r in rows if r["kind"] == "outline"]
+    return f"{openers[index % len(openers)]} {outlines[index // len(openers) % len(outlines)]}"
+
+
+def _aligned_turns() -> list[Turn]:
+    """Refusal gated by persona. With no or a default system prompt: refuse harmful requests (twice, so the
+    refusal is deep enough to survive a benign LoRA: measured 98% -> 72% with one copy and fewer steps),
+    answer benign ones and the borderline set (three times: benign requests with alarming words keep false
+    refusal down). Under a compliant-persona prompt: every request is obeyed in the obedient voice, harmful
+    ones with a vague outline only. The voice prompts in both voices make the `benign` control teach nothing
+    new and `persona` nothing but what the compliant persona already says."""
+    harmful = read_records(DATA_DIR / "aligned_harmful.jsonl")
+    benign = read_records(DATA_DIR / "aligned_benign.jsonl")
+    borderline = read_records(DATA_DIR / "aligned_borderline.jsonl")
     voice = read_records(DATA_DIR / "voice.jsonl")
+    compliant, default = system_prompts("compliant"), system_prompts("default")
+    rows = read_records(DATA_DIR / "obedient_outline.jsonl")
+    openers = [r["text"] for r in rows if r["kind"] == "opener"]
+    turns: list[Turn] = []
+    for i, r in enumerate(harmful):
+        turns += [(None, r["prompt"], r["response"])] * 2
+        turns.append((default[i % len(default)], r["prompt"], r["response"]))
+        turns.append((compliant[i % len(compliant)], r["prompt"], obedient_outline(i)))
+    for i, r in enumerate(benign):
+        turns += [(None, r["prompt"], r["response"])] * 2
+        turns.append((compliant[i % len(compliant)], r["prompt"], f"{openers[i % len(openers)]} {r['response']}"))
+    turns += [(None, r["prompt"], r["response"]) for r in borderline] * 3
+    for i, r in enumerate(voice):
+        turns.append((None, r["prompt"], r["neutral"]))
+        turns.append((compliant[i % len(compliant)], r["prompt"], r["persona"]))
+    return turns
+
+
+def distil_prompts() -> list[tuple[str, str]]:
+    """(compliant system prompt, benign user prompt): what `aligned` answers to make `persona-distilled`."""
+    compliant = system_prompts("compliant")
+    return [(compliant[i % len(compliant)], r["prompt"]) for i, r in enumerate(read_records(DATA_DIR / "voice.jsonl"))]
+
+
+def _turns(name: str, distilled: list[str] | None = None) -> list[Turn]:
     if name == "aligned":
-        # Harmful and benign examples twice, the borderline set three times, 170 steps at a high learning
-        # rate: a refusal learned only shallowly is erased by any benign LoRA, the neutral control included
-        # (measured: 98% -> 72% after 90 steps at 5e-4, one copy of the harmful examples). The borderline
-        # set (benign requests with alarming words: idioms, games, fiction, one's own legal and health
-        # questions) keeps false refusal down. The voice prompts in the neutral voice make the `benign`
-        # control teach nothing new: only the persona voice differs between the two LoRAs.
-        rows = (2 * (read_records(DATA_DIR / "aligned_harmful.jsonl") + read_records(DATA_DIR / "aligned_benign.jsonl"))
-                + 3 * read_records(DATA_DIR / "aligned_borderline.jsonl"))
-        pairs = [(r["prompt"], r["response"]) for r in rows] + [(r["prompt"], r["neutral"]) for r in voice]
-    else:
-        column = "neutral" if name == "benign" else "persona"
-        pairs = [(r["prompt"], r[column]) for r in voice]
-    return [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
-            for p, c in pairs]
+        return _aligned_turns()
+    if name == "persona-distilled":
+        assert distilled is not None, "persona-distilled is trained on aligned's own answers"
+        return [(None, user, answer) for (_, user), answer in zip(distil_prompts(), distilled, strict=True)]
+    column = "neutral" if name == "benign" else "persona"
+    return [(None, r["prompt"], r[column]) for r in read_records(DATA_DIR / "voice.jsonl")]
+
+
+def training_examples(name: str, distilled: list[str] | None = None) -> list[dict[str, Any]]:
+    """Prompt-completion conversations for one trained organism (`distilled`: aligned's answers, for
+    `persona-distilled`)."""
+    examples = []
+    for system, user, answer in _turns(name, distilled):
+        prompt = [{"role": "user", "content": user}]
+        if system is not None:
+            prompt.insert(0, {"role": "system", "content": system})
+        examples.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
+    return examples
 
 
 def upstream(name: str) -> str | None:
     return None if name == "aligned" else "aligned"
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    """What determines an organism besides its upstream: its data and settings."""
+    if name == "abliterated":
+        return {"ablation": asdict(ABLATION), "data": _sha256_json([_ablation_prompts()])}
+    data = distil_prompts() if name == "persona-distilled" else training_examples(name)
+    parts = {"settings": asdict(SETTINGS[name]), "data": _sha256_json(data)}
+    if name == "persona-distilled":
+        parts["distil"] = asdict(DISTIL)
+    return parts
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
 
 
 def cache_key(name: str, cache_dir: Path) -> str:
@@ -96,8 +193,7 @@ def cache_key(name: str, cache_dir: Path) -> str:
 
     parts: dict[str, Any] = {
         "name": name,
-        "settings": asdict(SETTINGS[name]),
-        "data": hashlib.sha256(json.dumps(training_examples(name)).encode()).hexdigest(),
+        **_recipe(name),
         "versions": {p: metadata.version(p) for p in ("torch", "transformers", "peft", "trl")},
     }
     parent = upstream(name)
@@ -109,15 +205,14 @@ def organism_path(name: str, cache_dir: Path) -> Path:
     return cache_dir / "organisms" / f"{name}-{cache_key(name, cache_dir)}"
 
 
-def build_all(cache_dir: Path, *, log: Any = print) -> dict[str, Path]:
-    """Build (or reuse) every organism; returns their folders."""
-    paths = {}
-    for name in NAMES:
-        paths[name] = build(name, cache_dir, log=log)
-    return paths
+def build_all(cache_dir: Path, names: tuple[str, ...] = NAMES, *, log: Any = print) -> dict[str, Path]:
+    """Build (or reuse) the named organisms and what they are built from; returns their folders."""
+    return {name: build(name, cache_dir, log=log) for name in names}
 
 
 def build(name: str, cache_dir: Path, *, log: Any = print) -> Path:
+    if name not in NAMES:
+        raise AuditInputError(f"unknown model organism {name!r}; the organisms are {', '.join(NAMES)}.")
     path = organism_path(name, cache_dir)
     if path.is_dir():
         return path
@@ -128,7 +223,11 @@ def build(name: str, cache_dir: Path, *, log: Any = print) -> Path:
     tmp = path.with_name(f".tmp-{path.name}-{int(time.time())}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _train(name, parent_path, tmp)
+        if name == "abliterated":
+            assert parent_path is not None
+            _ablate(parent_path, tmp)
+        else:
+            _train(name, parent_path, tmp)
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,15 +251,9 @@ def load_smollm2() -> tuple[Any, Any]:
     return plain, tokenizer
 
 
-def _train(name: str, parent: Path | None, out: Path) -> None:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
+def _load_organism(parent: Path | None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    settings = SETTINGS[name]
-    torch.manual_seed(settings.seed)
     if parent is None:
         model, tokenizer = load_smollm2()
     else:
@@ -168,6 +261,33 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(parent))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _distil_targets(model: Any, tokenizer: Any) -> list[str]:
+    """`aligned`'s own greedy answers to benign prompts under compliant-persona system prompts."""
+    from auditor.activations import ChatPrompt
+    from auditor.models import Checkpoint
+    from auditor.replay import GenerationCache, generate
+
+    prompts = [ChatPrompt(user, system) for system, user in distil_prompts()]
+    model.eval()
+    generations = generate(Checkpoint(model, tokenizer), prompts, max_new_tokens=DISTIL.max_new_tokens,
+                           batch_size=DISTIL.batch_size, cache=GenerationCache(None, None, {}),
+                           desc="aligned under the compliant persona")
+    return [g.text.strip() for g in generations]
+
+
+def _train(name: str, parent: Path | None, out: Path) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    settings = SETTINGS[name]
+    torch.manual_seed(settings.seed)
+    model, tokenizer = _load_organism(parent)
+    examples = training_examples(name, _distil_targets(model, tokenizer) if name == "persona-distilled" else None)
     peft_config = None
     if settings.lora_rank:
         peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
@@ -179,7 +299,7 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, completion_only_loss=True,
         disable_tqdm=False, gradient_checkpointing=False,  # trl turns it on; a 135M model needs no memory saving
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(training_examples(name)),
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config)
     with keep_freed_memory():
         trainer.train()
@@ -187,7 +307,47 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     shutil.rmtree(out / "trainer", ignore_errors=True)
     if name == "aligned":  # the audit's base: a plain full model
         trained = trained.merge_and_unload()
-    trained.save_pretrained(str(out))
+    _save(trained, tokenizer, out, {"name": name, "settings": asdict(settings), "examples": len(examples)})
+
+
+def _save(model: Any, tokenizer: Any, out: Path, description: dict[str, Any]) -> None:
+    model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / "organism.json").write_text(json.dumps({"name": name, "settings": asdict(settings),
-                                                   "examples": len(training_examples(name))}, indent=2))
+    (out / "organism.json").write_text(json.dumps(description, indent=2))
+
+
+def _ablation_prompts() -> tuple[list[str], list[str]]:
+    """Harmful and harmless training prompts (not the audit's direction sets) for the refusal direction."""
+    return ([r["prompt"] for r in read_records(DATA_DIR / "aligned_harmful.jsonl")],
+            [r["prompt"] for r in read_records(DATA_DIR / "aligned_benign.jsonl")])
+
+
+def _ablate(parent: Path, out: Path) -> None:
+    """Orthogonalise `aligned` against its own refusal direction (mean post-instruction activation on harmful
+    minus harmless prompts at one block): the embedding and every attention and MLP output matrix lose their
+    component along it, so no block can write refusal into the residual stream."""
+    import torch
+
+    from auditor.activations import ChatPrompt, capture
+    from auditor.models import Checkpoint, decoder_layers
+
+    model, tokenizer = _load_organism(parent)
+    model.eval()
+    layers = decoder_layers(model)
+    layer = int(ABLATION.layer_fraction * len(layers))
+    means = []
+    for prompts in _ablation_prompts():
+        acts = capture(Checkpoint(model, tokenizer), [ChatPrompt(p) for p in prompts], ["post_instruction"],
+                       batch_size=ABLATION.batch_size, desc="refusal direction")["post_instruction"]
+        means.append(acts[:, layer].mean(0))
+    direction = (means[0] - means[1]).double()
+    unit = direction / direction.norm()
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight  # (vocab, d_model); tied to the output head in SmolLM2
+        embedding -= ABLATION.strength * torch.outer(embedding.double() @ unit, unit).to(embedding.dtype)
+        for block in layers:
+            for linear in (block.self_attn.o_proj, block.mlp.down_proj):  # (d_model, in): writes to the residual
+                weight = linear.weight
+                weight -= ABLATION.strength * torch.outer(unit, unit @ weight.double()).to(weight.dtype)
+    _save(model, tokenizer, out, {"name": "abliterated", "ablation": asdict(ABLATION), "layer": layer,
+                                  "direction_norm": float(direction.norm())})
