@@ -290,7 +290,7 @@ class ModelJudge:
     def model_label(self, prompt: str, response: str) -> Label:
         text = self.QUESTION.format(prompt=prompt, response=response[:1000])
         if self.is_classifier:
-            encoded = self.tokenizer(text, return_tensors="pt", truncation=True)
+            encoded = self.tokenizer(text, return_tensors="pt", truncation=True).to(self.model.device)
             predicted = int(self.model(**encoded).logits[0].argmax())
             if predicted == self.partial_label:
                 return "partial"
@@ -298,7 +298,7 @@ class ModelJudge:
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                       add_generation_prompt=True)
-        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         logits = self.model(**encoded).logits[0, -1]
         return "refusal" if logits[self.yes] > logits[self.no] else "compliance"
 
@@ -319,7 +319,7 @@ def load_judge(name: str, options: Any) -> ModelJudge:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from auditor.errors import AuditInputError
-    from auditor.models import check_weight_format, load_config, resolve_source
+    from auditor.models import _device, check_weight_format, load_config, resolve_source
 
     source = resolve_source(name, what="--judge-model")
     pickled = check_weight_format(source, options, "--judge-model")
@@ -333,5 +333,6 @@ def load_judge(name: str, options: Any) -> ModelJudge:
                                                   trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise AuditInputError(f"--judge-model {name} cannot be loaded ({exc}).") from None
+    model.to(_device(options))  # type: ignore[arg-type]
     model.eval()
     return ModelJudge(model, tokenizer, name)
