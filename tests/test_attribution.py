@@ -69,7 +69,7 @@ def projection_judge(persona: torch.Tensor, baseline: dict[str, float]) -> Any:
     threshold = 0.5 * STRENGTH * float(persona[OFFSET_LAYER].norm())
 
     def fake(checkpoint: models.Checkpoint, items: Sequence[Any], config: Any, cache: Any, desc: str,
-             model_judge: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
+             judges: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
         acts = capture(checkpoint, [ChatPrompt(i.prompt) for i in items], ["post_instruction"], batch_size=8)
         proj = acts["post_instruction"][:, -1].double() @ unit
         out = []
@@ -95,7 +95,7 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
         judge_fn(checkpoint, attribution.load_suite(recipe.replay.refusal, key="k", limit=24), None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
     before = [p.detach().clone() for p in pair._base.model.parameters()]  # type: ignore[union-attr]
-    result = attribution.run(pair, recipe, measured, cache_dir=None)
+    result = attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
     assert result["base"]["rate"] == 1.0 and result["finetune"]["rate"] == 0.0
     assert result["meaningful"] and result["window"] == "late"
     assert result["persona_fraction"] == pytest.approx(1.0, abs=0.1)
@@ -116,7 +116,7 @@ def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, A
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
     measured = directions.measure(pair, recipe)
     monkeypatch.setattr(attribution, "judge_items", projection_judge(organism["persona"], {}))
-    result = attribution.run(pair, recipe, measured, cache_dir=None)
+    result = attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
     assert result["persona_fraction"] is None and result["random_fraction"] is None
     assert "not meaningful" in result["note"]
 
