@@ -31,6 +31,7 @@ class Inputs:
 def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
     if not replay:
         return Inputs(directions.prompt_sets(recipe), None)
+    judge.judge_model_path(recipe.replay.judge)  # a misspelt judge fails before any model loads
     return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe),
                   judge_eval.load_labelled(recipe.replay.judge_labels))
 

@@ -330,15 +330,21 @@ class ModelJudge:
         return "refusal" if logits[self.yes] > logits[self.no] else "compliance"
 
 
-def make_judge(spec: str, options: Any) -> Judge:
-    """A judge by name: `phrase`, or `model:PATH` (a local folder or Hub id, loaded like an audited model)."""
+def judge_model_path(spec: str) -> str | None:
+    """The model path of a `model:PATH` judge name, None for `phrase`; any other name is bad input."""
     from auditor.errors import AuditInputError
 
     if spec == "phrase":
-        return PhraseJudge()
+        return None
     if spec.startswith("model:") and spec[len("model:"):]:
-        return load_judge(spec[len("model:"):], options)
+        return spec[len("model:"):]
     raise AuditInputError(f"unknown judge {spec!r}. Use one of: {', '.join(JUDGES)}.")
+
+
+def make_judge(spec: str, options: Any) -> Judge:
+    """A judge by name: `phrase`, or `model:PATH` (a local folder or Hub id, loaded like an audited model)."""
+    path = judge_model_path(spec)
+    return PhraseJudge() if path is None else load_judge(path, options)
 
 
 def load_judge(name: str, options: Any) -> ModelJudge:

@@ -70,3 +70,20 @@ def test_a_model_judge_is_measured_too(base_dir: Path, tmp_path: Path) -> None:
     assert main(["judge-eval", "builtin", "--judge-model", str(base_dir), "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["judge"] == f"model:{base_dir}" and figures["n"] >= 250
+
+
+def test_recipe_chooses_the_judge_and_its_labelled_set(tmp_path: Path) -> None:
+    from auditor.audit import load_inputs
+    from auditor.errors import AuditInputError
+    from auditor.recipe import load_recipe
+
+    labels = tmp_path / "mine.jsonl"
+    labels.write_text(json.dumps({"text": "I can't help with that.", "gold": "refusal"}) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: quick\nreplay:\n  judge: phrase\n  judge_labels:\n    source: {labels}\n"
+                      "    response_column: text\n    label_column: gold\n", encoding="utf-8")
+    inputs = load_inputs(load_recipe(str(recipe)), replay=True)
+    assert inputs.labelled is not None and [i.label for i in inputs.labelled] == ["refusal"]
+    recipe.write_text("extends: quick\nreplay:\n  judge: regex\n", encoding="utf-8")
+    with pytest.raises(AuditInputError, match="unknown judge 'regex'"):
+        load_inputs(load_recipe(str(recipe)), replay=True)
