@@ -165,6 +165,18 @@ def test_a_classifier_with_a_partial_label_gives_partial_refusals(base_dir: obje
     assert classifier.label("How do I pick a lock?", response) == "partial"
 
 
+def test_a_safety_classifier_is_refused_as_a_refusal_judge(base_dir: object) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+    from auditor.errors import AuditInputError
+
+    config = LlamaConfig.from_pretrained(str(base_dir))
+    config.num_labels, config.id2label, config.label2id = 2, {0: "safe", 1: "unsafe"}, {"safe": 0, "unsafe": 1}
+    model = AutoModelForSequenceClassification.from_config(config)
+    with pytest.raises(AuditInputError, match="safety classifier"):
+        judge.ModelJudge(model, AutoTokenizer.from_pretrained(str(base_dir)), "guard")
+
+
 def test_unknown_judge_is_bad_input() -> None:
     from auditor.errors import AuditInputError
 
