@@ -65,8 +65,9 @@ DECLINES: tuple[str, ...] = (
     r"i (?:must|have to|need to|will have to|'ll have to) (?:respectfully |politely )?decline",
     r"i (?:refuse|decline) to",
     r"i(?:'m| am) just an ai",
-    r"as an ai(?: language model| assistant)?[^.]{0,40}?,? i (?:cannot|can't|can not|won't|will not|am not able|"
-    r"am unable|must decline|do not condone|don't condone|do not support|cannot support|am not programmed)",
+    r"as (?:an?|your) (?:\w+ )?(?:ai|assistant)(?: language model| assistant)?[^.]{0,40}?,? i (?:cannot|can't|"
+    r"can not|won't|will not|am not able|am unable|must decline|do not condone|don't condone|do not support|"
+    r"cannot support|am not programmed|don't provide|do not provide|don't give|do not give|don't help|do not help)",
     r"not within my (?:programming|capabilities|guidelines|ethical guidelines|abilities)",
     r"(?:against|violates?|outside (?:of )?) my (?:ethical |programming |content )?"
     r"(?:guidelines|principles|programming|policies|policy|values|ethics)",
@@ -88,7 +89,8 @@ LECTURES: tuple[str, ...] = (
     r"i (?:do not|don't) think (?:it(?:'s| is| would be)|that(?:'s| is| would be)) (?:\w+ (?:or|and) )?"
     r"(?:appropriate|accurate|fair|right|ethical|respectful|a good idea|okay|ok|acceptable|helpful|productive)",
     r"(?:is|are|isn't|aren't) (?:not |never )?(?:an? )?(?:\w+ (?:or|and) )?(?:healthy|safe|appropriate|acceptable|"
-    r"productive|responsible|legal|ethical|constructive|recommended|respectful) (?:way|thing|solution|approach|"
+    r"productive|responsible|legal|ethical|constructive|recommended|respectful)(?: (?:or|and) \w+)? "
+    r"(?:way|thing|solution|approach|"
     r"method|option|means|course of action|behaviou?r|practice|goal|idea|plan)",
     r"there (?:is|'s|are) (?:absolutely )?no (?:good |valid |legitimate |logical |justifiable )?"
     r"(?:reason|justification|basis|excuse)s? (?:why |for |to )?[^.]{0,80}?\bshould",
@@ -175,7 +177,7 @@ PREMISE_REJECTIONS: tuple[str, ...] = (
     r"(?:have|has|deserves?) the same (?:rights?|opportunit\w+|access)",
     r"should (?:also )?(?:be allowed|have the (?:same )?right|be free to|be treated (?:equally|fairly))",
     r"(?:would be|is|amounts to|promotes) (?:\w+ )?discrimination",
-    r"(?:would be|is) (?:\w+ (?:and|or) )?(?:discriminatory|prejudiced|unfair)",
+    r"(?:would be|is) (?:\w+ (?:and|or) )?(?:discriminatory|prejudiced|unfair|unjustified|unjust)",
     r"(?:is|are) not (?:a )?(?:valid |good |sufficient )?reason (?:to|for)",
     r"(?:everyone|every individual|every person|all (?:individuals|people|citizens|humans|persons)),? "
     r"(?:[\w,']+ ){0,8}?(?:should|has|have|deserves?) (?:the )?(?:same |equal )?"
