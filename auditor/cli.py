@@ -316,13 +316,23 @@ def summarize_replay(data: dict[str, Any]) -> str:
     """Key behaviour numbers for the terminal."""
     def line(label: str, part: dict[str, Any]) -> str:
         b, f = part["base"], part["finetune"]
-        return (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
+        text = (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
                 f"[{f['ci'][0]:.1%}, {f['ci'][1]:.1%}]  p={part['p_value']:.3g}  degenerate "
                 f"{b['degenerate_rate']:.1%} / {f['degenerate_rate']:.1%}")
+        if "corrected" in b and None not in (b["corrected"]["rate"], f["corrected"]["rate"]):
+            cb, cf = b["corrected"], f["corrected"]
+            text += (f"\n{'':<14} corrected for the judge: base {cb['rate']:.1%} [{cb['ci'][0]:.1%}, {cb['ci'][1]:.1%}]"
+                     f"  fine-tune {cf['rate']:.1%} [{cf['ci'][0]:.1%}, {cf['ci'][1]:.1%}]")
+        return text
 
     replay = data["replay"]
-    return "\n".join(["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
-                      f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"])
+    lines = ["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
+             f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"]
+    if "judge" in replay:
+        judged = replay["judge"]
+        lines.append(f"judge          {judged['name']}: sensitivity {judged['sensitivity']['value']:.1%}, specificity "
+                     f"{judged['specificity']['value']:.1%} on {judged['n']} labelled responses")
+    return "\n".join(lines)
 
 
 COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "audit-many": run_audit_many,

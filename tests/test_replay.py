@@ -146,6 +146,20 @@ def test_judge_model_agreement_is_reported(base_dir: Path, same_dir: Path, repla
     assert all(row["judge"] != row["second"] for row in base["disagreements"])
 
 
+def test_a_model_judge_chosen_in_the_recipe_labels_and_is_measured(base_dir: Path, same_dir: Path,
+                                                                    replay_recipe: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "model-judge.yaml"
+    recipe.write_text(f"extends: {replay_recipe}\nreplay:\n  judge: model:{base_dir}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["replay", "--base", str(base_dir), "--finetune", str(same_dir), "--recipe", str(recipe),
+                 "--out", str(out), "--no-cache"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["replay"]["judge"]["name"] == f"model:{base_dir}"
+    assert data["replay"]["settings"]["judge"] == f"model:{base_dir}"
+    assert f"judge          model:{base_dir}: sensitivity" in capsys.readouterr().out
+
+
 def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir: Path, replay_recipe: Path,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The persona design and attribution replays skip the first-token pass: only the suites report it."""
