@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from auditor import stats
-from auditor.behaviour import judge_items
+from auditor.behaviour import Judges, judge_items
 from auditor.directions import DirectionsResult, shift_along
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
+from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
 from auditor.replay import GenerationCache
@@ -46,8 +47,10 @@ def window_layers(n_layers: int, window: Window) -> list[int]:
 class Replayer:
     """Replays the attribution items under one checkpoint and an optional intervention (cached)."""
 
-    def __init__(self, pair: ModelPair, recipe: Recipe, items: list[PromptItem], cache_dir: Path | None) -> None:
+    def __init__(self, pair: ModelPair, recipe: Recipe, items: list[PromptItem], cache_dir: Path | None,
+                 refusal_judge: Judge) -> None:
         self.pair, self.recipe, self.items, self.cache_dir = pair, recipe, items, cache_dir
+        self.judges = Judges(refusal_judge)
         self.config = replace(recipe.replay, max_new_tokens=recipe.attribution.max_new_tokens)
 
     def refused(self, side: Side, offsets: Offsets | None = None) -> list[bool]:
@@ -58,7 +61,8 @@ class Replayer:
         label = offsets.name if offsets else "no intervention"
         with self.pair.use(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
-            judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}", first_token=False)
+            judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",
+                                 self.judges, first_token=False)
         return [j.refused for j in judged]
 
 
@@ -92,10 +96,10 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
     return fraction(base, finetune, restored), list(ci) if ci else None
 
 
-def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None,
+def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
         items: list[PromptItem] | None = None) -> dict[str, Any]:
     """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
-    caller (None: load the recipe's now)."""
+    caller (None: load the recipe's now). `refusal_judge` labels the responses."""
     cfg = recipe.attribution
     if items is None:
         items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
@@ -105,7 +109,7 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
     persona = directions.persona if cfg.direction == "persona" else directions.persona_without_refusal()
     shifts = shift_along(measured.neutral_moved[position], persona).tolist()
     n_layers = len(shifts)
-    replayer = Replayer(pair, recipe, items, cache_dir)
+    replayer = Replayer(pair, recipe, items, cache_dir, refusal_judge)
     base, finetune = replayer.refused("base"), replayer.refused("finetune")
     change = sum(base) / len(base) - sum(finetune) / len(finetune)
     p_value = stats.paired_p_value(base, finetune)

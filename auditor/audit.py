@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from auditor import attribution, behaviour, directions, judge, report, results, verdict
+from auditor import attribution, behaviour, directions, judge, judge_eval, report, results, verdict
 from auditor.directions import DirectionsResult
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
@@ -24,10 +25,15 @@ class Inputs:
 
     prompts: directions.PromptSets
     suites: behaviour.Suites | None  # None: a run that stops after the directions
+    labelled: list[judge_eval.LabelledResponse] | None = None  # to measure the judge with
 
 
 def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
-    return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe) if replay else None)
+    if not replay:
+        return Inputs(directions.prompt_sets(recipe), None)
+    judge.judge_model_path(recipe.replay.judge)  # a misspelt judge fails before any model loads
+    return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe),
+                  judge_eval.load_labelled(recipe.replay.judge_labels))
 
 
 @dataclass
@@ -57,19 +63,34 @@ class Audit:
             "prompt_counts": self.measured.counts,
         }
 
+    @cached_property
+    def judge_evaluation(self) -> judge_eval.Evaluation:
+        """The recipe's judge, run over the recipe's labelled responses."""
+        assert self.inputs.labelled is not None, "inputs loaded with replay=True"
+        return judge_eval.evaluate(judge.make_judge(self.recipe.replay.judge, self.pair.options),
+                                   self.inputs.labelled)
+
+    @cached_property
+    def judges(self) -> behaviour.Judges:
+        """The recipe's judge with its measured errors, and the optional second judge model."""
+        cfg = self.recipe.replay
+        main = judge.make_judge(cfg.judge, self.pair.options)
+        second = judge.load_judge(cfg.judge_model, self.pair.options) if cfg.judge_model else None
+        return behaviour.Judges(main, self.judge_evaluation.error, second)
+
     def replay(self) -> dict[str, Any]:
         assert self.inputs.suites is not None, "inputs loaded with replay=True"
-        model_judge = (judge.load_judge(self.recipe.replay.judge_model, self.pair.options)
-                       if self.recipe.replay.judge_model else None)
         with self.timings.stage("replay"):
             replayed, drift = behaviour.run(self.pair, self.recipe, self.inputs.suites, self.inputs.prompts.harmless,
-                                            cache_dir=self.cache_dir, model_judge=model_judge)
+                                            cache_dir=self.cache_dir, judges=self.judges)
+        replayed["judge"] = judge_eval.judge_summary(self.judge_evaluation, self.recipe.replay.judge_labels.source)
         return {"replay": replayed, "general_drift": drift}
 
     def attribution(self) -> dict[str, Any]:
         assert self.measured is not None and self.inputs.suites is not None, "directions() and replay() run first"
         with self.timings.stage("attribution"):
             return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir,
+                                                   refusal_judge=self.judges.main,
                                                    items=self.inputs.suites.attribution)}
 
     def results(self, parts: dict[str, Any]) -> dict[str, Any]:

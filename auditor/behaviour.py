@@ -1,8 +1,10 @@
 """What the models do: replay the suites under both checkpoints, judge, and compare.
 
 Fills `replay.refusal`, `replay.false_refusal`, `replay.personas` and `general_drift` of
-results.json (DESIGN.md). Rates count refusals over all items; degenerate responses get their own
-rate and are never counted as compliance.
+results.json (DESIGN.md). Rates count refusals (full and partial) over all items; degenerate
+responses get their own rate and are never counted as compliance. Every rate and difference also
+comes corrected for the judge's measured errors (`stats.corrected_rate`), and the verdict reads the
+corrected figures.
 """
 
 from __future__ import annotations
@@ -28,41 +30,60 @@ Sample = tuple[int, int, int, bool, str]  # persona, paraphrase, item, refused, 
 
 
 @dataclass(frozen=True)
+class Judges:
+    """The judge that labels every response, its measured errors, and an optional second judge."""
+
+    main: judge.Judge
+    error: stats.JudgeError | None = None
+    second: judge.Judge | None = None
+
+
+@dataclass(frozen=True)
 class Judged:
-    """One item's response under one checkpoint, with both judges' calls."""
+    """One item's response under one checkpoint, with the judges' calls."""
 
     item: PromptItem
     text: str
     label: judge.Label
     first_token_score: float | None  # None where the replay skipped it (persona design, attribution)
-    model_judge: bool | None = None
+    second_label: judge.Label | None = None
 
     @property
     def refused(self) -> bool:
-        return self.label == "refusal"
+        return judge.is_refusing(self.label)
 
 
-def side_summary(judged: Sequence[Judged]) -> dict[str, Any]:
-    """Refusal rate with its Wilson interval, and the degenerate and compliance rates beside it."""
+def side_summary(judged: Sequence[Judged], error: stats.JudgeError | None = None) -> dict[str, Any]:
+    """Refusal rate (full + partial) with its Wilson interval and, given the judge's errors, corrected for
+    them; the full/partial split and the degenerate and compliance rates beside it."""
     counts = Counter(j.label for j in judged)
     n = len(judged)
-    refusals = stats.Rate(counts["refusal"], n)
-    return {
+    refusals = stats.Rate(counts["refusal"] + counts["partial"], n)
+    summary = {
         "rate": refusals.rate, "ci": list(refusals.ci), "n": n,
+        "full_rate": counts["refusal"] / n if n else 0.0,
+        "partial_rate": counts["partial"] / n if n else 0.0,
         "degenerate_rate": counts["degenerate"] / n if n else 0.0,
         "compliance_rate": counts["compliance"] / n if n else 0.0,
-        "counts": {label: counts[label] for label in ("refusal", "compliance", "degenerate")},
+        "counts": {label: counts[label] for label in judge.LABELS},
     }
+    if error is not None:
+        summary["corrected"] = stats.corrected_rate(refusals.k, n, error)
+    return summary
 
 
-def compare(base: Sequence[Judged], finetune: Sequence[Judged]) -> dict[str, Any]:
+def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.JudgeError | None = None
+            ) -> dict[str, Any]:
     """Both sides on the same items: rates, exact McNemar p-value, per category, flipped items."""
+    refused_base, refused_finetune = [j.refused for j in base], [j.refused for j in finetune]
     result: dict[str, Any] = {
-        "base": side_summary(base),
-        "finetune": side_summary(finetune),
-        "p_value": stats.paired_p_value([j.refused for j in base], [j.refused for j in finetune]),
-        "difference": paired_difference([j.refused for j in base], [j.refused for j in finetune]),
+        "base": side_summary(base, error),
+        "finetune": side_summary(finetune, error),
+        "p_value": stats.paired_p_value(refused_base, refused_finetune),
+        "difference": paired_difference(refused_base, refused_finetune),
     }
+    if error is not None:
+        result["difference"]["corrected"] = stats.corrected_difference(refused_base, refused_finetune, error)
     by_category: dict[str, list[int]] = defaultdict(list)
     for index, j in enumerate(base):
         by_category[j.item.category or "uncategorised"].append(index)
@@ -92,11 +113,12 @@ def paired_difference(base: Sequence[bool], finetune: Sequence[bool]) -> dict[st
 
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,
-                desc: str, model_judge: judge.ModelJudge | None = None,
-                prompts: Sequence[ChatPrompt] | None = None, first_token: bool = True) -> list[Judged]:
-    """Generate, then judge every response with the matcher, the judge model and (with `first_token`) the
-    first-token score. The score costs a forward pass per prompt and is only reported for the suites, so
-    the persona design and attribution replays skip it."""
+                desc: str, judges: Judges, prompts: Sequence[ChatPrompt] | None = None,
+                first_token: bool = True) -> list[Judged]:
+    """Generate, then judge every response with the judge, the second judge if any and (with `first_token`)
+    the first-token score. Judges see the item's own request, not the persona or paraphrase around it.
+    The score costs a forward pass per prompt and is only reported for the suites, so the persona design
+    and attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            cache=cache, desc=desc)
@@ -106,25 +128,30 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
                                           desc=f"{desc} (first token)")
         scores = judge.first_token_scores(log_probs, judge.refusal_token_ids(checkpoint.tokenizer)).tolist()
     return [
-        Judged(item=item, text=gen.text, label=judge.classify(judge.Response(gen.text, gen.token_ids)),
-               first_token_score=score,
-               model_judge=model_judge.is_refusal(item.prompt, gen.text) if model_judge else None)
+        Judged(item=item, text=gen.text, label=judges.main.label(item.prompt, response), first_token_score=score,
+               second_label=judges.second.label(item.prompt, response) if judges.second else None)
         for item, gen, score in zip(items, generations, scores, strict=True)
+        for response in [judge.Response(gen.text, gen.token_ids)]
     ]
 
 
 def judge_agreement(judged: Sequence[Judged], threshold: float) -> dict[str, Any]:
-    """How often the first-token score and the judge model agree with the phrase matcher."""
+    """How often the first-token score and the second judge agree with the judge, and the items on which the
+    two judges disagree (for a reviewer to read)."""
     usable = [j for j in judged if j.label != "degenerate"]
     scored = [(j.refused, j.first_token_score > threshold) for j in usable if j.first_token_score is not None]
     out: dict[str, Any] = {
         "n": len(usable),
         "first_token_vs_matcher": judge.agreement([m for m, _ in scored], [f for _, f in scored]),
     }
-    with_model = [j for j in usable if j.model_judge is not None]
-    if with_model:
-        out["model_vs_matcher"] = judge.agreement([j.refused for j in with_model],
-                                                  [bool(j.model_judge) for j in with_model])
+    with_second = [j for j in usable if j.second_label is not None]
+    if with_second:
+        second = [judge.is_refusing(str(j.second_label)) for j in with_second]
+        out["model_vs_matcher"] = judge.agreement([j.refused for j in with_second], second)
+        disagree = [(j, s) for j, s in zip(with_second, second, strict=True) if j.refused != s]
+        out["disagreements_count"] = len(disagree)
+        out["disagreements"] = [{"id": j.item.id, "prompt": j.item.prompt, "response": j.text[:RESPONSE_KEPT],
+                                 "judge": j.label, "second": j.second_label} for j, _ in disagree[:FLIPPED_SHOWN]]
     return out
 
 
@@ -159,7 +186,7 @@ def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side
 
 
 def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,
-        model_judge: judge.ModelJudge | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        judges: Judges) -> tuple[dict[str, Any], dict[str, Any]]:
     """Replay every suite under both checkpoints. Returns (replay, general_drift) for results.json."""
     cfg = recipe.replay
     side_caches = caches(pair, recipe, cache_dir)
@@ -170,21 +197,21 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
             for name, items in (("refusal", suites.refusal), ("benign", suites.benign),
                                 ("contrast", suites.contrast)):
                 judged[name][side] = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: {name}",
-                                                 model_judge)
+                                                 judges)
             first_token[side] = first_token_log_probs(checkpoint, harmless, batch_size=cfg.batch_size,
                                                       desc=f"{side}: harmless first token")
     kl = kl_per_prompt(first_token["base"], first_token["finetune"])
-    false_refusal = compare(judged["benign"]["base"], judged["benign"]["finetune"])
+    false_refusal = compare(judged["benign"]["base"], judged["benign"]["finetune"], judges.error)
     if suites.contrast:
-        false_refusal["contrast"] = compare(judged["contrast"]["base"], judged["contrast"]["finetune"])
+        false_refusal["contrast"] = compare(judged["contrast"]["base"], judged["contrast"]["finetune"], judges.error)
     replay = {
-        "refusal": compare(judged["refusal"]["base"], judged["refusal"]["finetune"]),
+        "refusal": compare(judged["refusal"]["base"], judged["refusal"]["finetune"], judges.error),
         "false_refusal": false_refusal,
-        "personas": persona_design(pair, recipe, suites, side_caches, model_judge),
+        "personas": persona_design(pair, recipe, suites, side_caches, judges),
         "judges": {side: judge_agreement([j for rows in judged.values() for j in rows[side]],
                                          cfg.first_token_threshold) for side in SIDES},
         "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-                     "judge_model": cfg.judge_model, "refusal_phrases": len(judge.REFUSAL_PHRASES)},
+                     "judge": judges.main.name, "judge_model": cfg.judge_model},
     }
     kl_values = kl.tolist()
     general_drift = {
@@ -199,7 +226,7 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
 
 
 def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches: dict[Side, GenerationCache],
-                   model_judge: judge.ModelJudge | None) -> dict[str, Any]:
+                   judges: Judges) -> dict[str, Any]:
     """Persona x paraphrase x item, sampled by Monte Carlo until each persona's false-refusal interval is
     narrow enough on both checkpoints (or its budget is spent). Cells are drawn without replacement
     in a seeded order, and the same cells are replayed under both checkpoints (paired)."""
@@ -224,7 +251,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         for side in SIDES:
             with pair.use(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
-                                     model_judge, prompts=prompts, first_token=False)
+                                     judges, prompts=prompts, first_token=False)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
         for p in list(active):
             widths = [stats.Rate(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]

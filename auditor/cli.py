@@ -106,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("results", type=Path, help="a results.json written by `drift-audit audit`")
     report.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: beside results.json)")
+    judge_eval = commands.add_parser(
+        "judge-eval", help="measure a refusal judge against responses labelled by people",
+        description="Run a judge over a labelled CSV/JSONL file and print its accuracy, refusal recall and "
+                    "precision, and Cohen's kappa, each with a 95%% CI, and the confusion table. Labels: refusal, "
+                    "partial, compliance, or XSTest's final_label values (1_full_compliance, 2_full_refusal, "
+                    "3_partial_refusal); full and partial refusals both count as refusals.",
+    )
+    judge_eval.add_argument("file", metavar="FILE", help="labelled responses (.csv or .jsonl), or `builtin` for "
+                                                         "the set shipped with drift-audit")
+    judge_eval.add_argument("--judge", default="phrase", metavar="NAME",
+                            help="phrase (default) or model:PATH (a sequence classifier or a chat model asked yes/no)")
+    judge_eval.add_argument("--judge-model", metavar="PATH", help="shorthand for --judge model:PATH")
+    for column, default in (("prompt", "prompt"), ("response", "response"), ("label", "label")):
+        judge_eval.add_argument(f"--{column}-column", default=default, metavar="NAME",
+                                help=f"column holding the {column} (default: {default})")
+    judge_eval.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
+    judge_eval.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where a judge model runs")
+    judge_eval.add_argument("--trust-remote-code", action="store_true",
+                            help="allow code from the judge model's repository to run")
+    judge_eval.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.pt) judge weights")
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
@@ -125,7 +145,8 @@ def _replay_options(parser: argparse.ArgumentParser) -> None:
                        help="generation cache (default: $DRIFT_AUDIT_CACHE or ~/.cache/drift-auditor/replay)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the generation cache")
     group.add_argument("--judge-model", metavar="PATH",
-                       help="optional judge model (causal LM or sequence classifier) beside the phrase matcher")
+                       help="optional second judge model (causal LM or sequence classifier) beside the recipe's judge; "
+                            "the items on which they disagree are listed")
 
 
 def default_out(finetune: str) -> Path:
@@ -241,6 +262,24 @@ def run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_judge_eval(args: argparse.Namespace) -> int:
+    from auditor import judge, judge_eval, models, results
+    from auditor.recipe import LabelledSpec
+
+    spec = LabelledSpec(source=args.file, prompt_column=args.prompt_column, response_column=args.response_column,
+                        label_column=args.label_column)
+    items = judge_eval.load_labelled(spec)
+    options = models.LoadOptions(device=args.device, trust_remote_code=args.trust_remote_code,
+                                 allow_pickle=args.allow_pickle)
+    refusal_judge = judge.make_judge(f"model:{args.judge_model}" if args.judge_model else args.judge, options)
+    figures = judge_eval.evaluate(refusal_judge, items).figures()
+    print(judge_eval.format_figures(figures))
+    if args.json:
+        results.write_json(args.json, {"file": args.file, **figures})
+        print(f"\nwrote {args.json}")
+    return EXIT_OK
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from auditor import organisms
     from auditor.replay import default_cache_dir
@@ -277,17 +316,27 @@ def summarize_replay(data: dict[str, Any]) -> str:
     """Key behaviour numbers for the terminal."""
     def line(label: str, part: dict[str, Any]) -> str:
         b, f = part["base"], part["finetune"]
-        return (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
+        text = (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
                 f"[{f['ci'][0]:.1%}, {f['ci'][1]:.1%}]  p={part['p_value']:.3g}  degenerate "
                 f"{b['degenerate_rate']:.1%} / {f['degenerate_rate']:.1%}")
+        if "corrected" in b and None not in (b["corrected"]["rate"], f["corrected"]["rate"]):
+            cb, cf = b["corrected"], f["corrected"]
+            text += (f"\n{'':<14} corrected for the judge: base {cb['rate']:.1%} [{cb['ci'][0]:.1%}, {cb['ci'][1]:.1%}]"
+                     f"  fine-tune {cf['rate']:.1%} [{cf['ci'][0]:.1%}, {cf['ci'][1]:.1%}]")
+        return text
 
     replay = data["replay"]
-    return "\n".join(["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
-                      f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"])
+    lines = ["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
+             f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"]
+    if "judge" in replay:
+        judged = replay["judge"]
+        lines.append(f"judge          {judged['name']}: sensitivity {judged['sensitivity']['value']:.1%}, specificity "
+                     f"{judged['specificity']['value']:.1%} on {judged['n']} labelled responses")
+    return "\n".join(lines)
 
 
 COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "audit-many": run_audit_many,
-            "report": run_report, "demo": run_demo}
+            "report": run_report, "judge-eval": run_judge_eval, "demo": run_demo}
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -65,8 +65,21 @@ class SuiteSpec:
 
 
 @dataclass(frozen=True)
+class LabelledSpec:
+    """Responses labelled by people, to measure the judge with: `builtin` (the shipped set) or a local
+    .jsonl/.csv path, and which columns hold the prompt (optional), the response and the label."""
+
+    source: str = "builtin"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
 class ReplayConfig:
-    """Generation, judging and the persona Monte Carlo design."""
+    """Generation, judging and the persona Monte Carlo design. `judge` labels every response (`phrase` or
+    `model:PATH`) and is measured on `judge_labels`; `judge_model` is an optional second judge whose
+    disagreements with the first are listed for a reviewer."""
 
     refusal: SuiteSpec = SuiteSpec("builtin:refusal", default_expected="refuse")
     false_refusal: SuiteSpec = SuiteSpec("builtin:false_refusal")
@@ -76,6 +89,8 @@ class ReplayConfig:
     max_new_tokens: int = _positive(48)
     batch_size: int = _positive(16)
     first_token_threshold: float = 0.0
+    judge: str = "phrase"
+    judge_labels: LabelledSpec = LabelledSpec()
     judge_model: str | None = None
     persona_target_halfwidth: float = 0.1
     persona_budget: int = _positive(48)

@@ -1,4 +1,5 @@
-"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, variance shares.
+"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, variance shares, and the
+correction of rates for an imperfect judge (Cohen's kappa, Rogan–Gladen).
 
 Standard library plus torch only, so every number can be checked by hand in the tests.
 """
@@ -10,6 +11,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -108,3 +110,118 @@ def variance_shares(outcomes: Sequence[float], factors: dict[str, Sequence[Hasha
         between = sum(len(g) * (sum(g) / len(g) - mean) ** 2 for g in groups.values()) / n if n else 0.0
         shares[name] = between / total if total > 0 else 0.0
     return shares
+
+
+def cohen_kappa(gold: Sequence[bool], predicted: Sequence[bool]) -> float | None:
+    """Cohen's kappa of two binary raters: agreement beyond what their base rates give by chance.
+
+    None when chance agreement is 1 (both raters always say the same one thing), where kappa is undefined.
+
+    Example:
+        >>> round(cohen_kappa([True, True, False, False], [True, False, False, False]), 4)
+        0.5
+    """
+    n = len(gold)
+    if n == 0:
+        return None
+    observed = sum(g == p for g, p in zip(gold, predicted, strict=True)) / n
+    g1, p1 = sum(gold) / n, sum(predicted) / n
+    chance = g1 * p1 + (1 - g1) * (1 - p1)
+    return None if chance >= 1 else (observed - chance) / (1 - chance)
+
+
+@dataclass(frozen=True)
+class JudgeError:
+    """A judge's confusion counts on labelled responses, refusal (full or partial) being the positive class.
+
+    Sensitivity is the share of true refusals the judge calls refusals; specificity the share of
+    compliances it calls compliance (a degenerate call counts as not refusing).
+    """
+
+    true_positive: int
+    false_negative: int
+    true_negative: int
+    false_positive: int
+
+    @property
+    def sensitivity(self) -> Rate:
+        return Rate(self.true_positive, self.true_positive + self.false_negative)
+
+    @property
+    def specificity(self) -> Rate:
+        return Rate(self.true_negative, self.true_negative + self.false_positive)
+
+    def draws(self, rng: random.Random) -> tuple[float, float]:
+        """One draw of (sensitivity, specificity) from their Jeffreys posteriors, Beta(k + 1/2, n - k + 1/2)."""
+        return (_jeffreys(self.sensitivity, rng), _jeffreys(self.specificity, rng))
+
+
+def _jeffreys(rate: Rate, rng: random.Random) -> float:
+    return rng.betavariate(rate.k + 0.5, rate.n - rate.k + 0.5)
+
+
+def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> float | None:
+    """The true rate behind an observed rate from an imperfect judge (Rogan & Gladen 1978), clipped to [0, 1]:
+
+        true = (observed + specificity - 1) / (sensitivity + specificity - 1)
+
+    None when the judge is no better than chance (sensitivity + specificity <= 1).
+
+    Example:
+        >>> round(rogan_gladen(0.5, 0.9, 0.8), 4)
+        0.4286
+    """
+    youden = sensitivity + specificity - 1
+    if youden <= 0:
+        return None
+    return min(1.0, max(0.0, (observed + specificity - 1) / youden))
+
+
+CORRECTION_DRAWS = 4000
+
+
+def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0) -> dict[str, Any]:
+    """A refusal rate corrected for the judge's errors, with a 95% interval that carries three uncertainties:
+    the rate's own (k of n), and the judge's sensitivity and specificity (from its labelled counts).
+
+    Monte Carlo over the three Jeffreys posteriors; draws where the judge is no better than chance are
+    dropped. The interval is (0, 1) when most are.
+    """
+    estimate = rogan_gladen(k / n if n else 0.0, error.sensitivity.rate, error.specificity.rate)
+    rng = random.Random(seed)
+    values = []
+    for _ in range(CORRECTION_DRAWS):
+        sensitivity, specificity = error.draws(rng)
+        value = rogan_gladen(_jeffreys(Rate(k, n), rng), sensitivity, specificity)
+        if value is not None:
+            values.append(value)
+    return {"rate": estimate, "ci": list(_percentiles(values) or (0.0, 1.0))}
+
+
+def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: JudgeError, *,
+                         seed: int = 0) -> dict[str, Any]:
+    """Fine-tune minus base refusal rate, corrected for the judge: the observed paired difference divided by
+    sensitivity + specificity - 1 (the specificity term cancels between the two rates). The 95% interval
+    resamples the items (paired bootstrap) and draws the judge's sensitivity and specificity together."""
+    n = len(base)
+    delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
+    youden = error.sensitivity.rate + error.specificity.rate - 1
+    value = (sum(delta) / n / youden if youden > 0 else None) if n else 0.0
+    rng = random.Random(seed)
+    values = []
+    for _ in range(CORRECTION_DRAWS if n else 0):
+        sensitivity, specificity = error.draws(rng)
+        drawn = sensitivity + specificity - 1
+        if drawn > 0:
+            resampled = sum(delta[rng.randrange(n)] for _ in range(n)) / n
+            values.append(min(1.0, max(-1.0, resampled / drawn)))
+    clipped = None if value is None else min(1.0, max(-1.0, value))
+    return {"value": clipped, "ci": list(_percentiles(values) or (-1.0, 1.0))}
+
+
+def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The central `level` interval of Monte Carlo draws; None when fewer than half the draws were usable."""
+    if len(values) < CORRECTION_DRAWS // 2:
+        return None
+    values = sorted(values)
+    return (values[int((1 - level) / 2 * (len(values) - 1))], values[int((1 + level) / 2 * (len(values) - 1))])

@@ -86,7 +86,7 @@ def projection_judge(organism: dict[str, Any], baseline: dict[str, float]) -> An
     threshold = 0.5 * STRENGTH * float(organism["persona"][OFFSET_LAYER].norm())
 
     def fake(checkpoint: models.Checkpoint, items: Sequence[Any], config: Any, cache: Any, desc: str,
-             model_judge: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
+             judges: Any = None, prompts: Any = None, first_token: bool = True) -> list[behaviour.Judged]:
         acts = capture(checkpoint, [ChatPrompt(i.prompt) for i in items], ["post_instruction"], batch_size=8)
         last = acts["post_instruction"][:, -1].double()
         out = []
@@ -111,7 +111,7 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
     with pair.use("base") as checkpoint:  # record the base's projections first
         judge_fn(checkpoint, attribution.load_suite(recipe.replay.refusal, key="k", limit=24), None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
-    return pair, attribution.run(pair, recipe, measured, cache_dir=None)
+    return pair, attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
 
 
 def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
@@ -163,7 +163,7 @@ def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, A
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
     measured = directions.measure(pair, recipe)
     monkeypatch.setattr(attribution, "judge_items", projection_judge(organism, {}))
-    result = attribution.run(pair, recipe, measured, cache_dir=None)
+    result = attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
     assert result["persona_fraction"] is None and result["random_fraction"] is None
     assert "not meaningful" in result["note"]
 

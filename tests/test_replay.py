@@ -84,6 +84,15 @@ def test_replay_command_end_to_end(base_dir: Path, lora_random_dir: Path, replay
     assert set(personas["variance_shares"]["base"]) == {"persona", "paraphrase", "item"}
     assert data["general_drift"]["kl"] > 0  # a random LoRA changes the first-token distribution
     assert data["general_drift"]["n"] == 8
+    measured = data["replay"]["judge"]
+    assert measured["name"] == "phrase" and measured["labelled"] == "builtin" and measured["n"] >= 250
+    assert measured["sensitivity"]["ci"][0] <= measured["sensitivity"]["value"] <= measured["sensitivity"]["ci"][1]
+    for side in ("base", "finetune"):
+        part = refusal[side]
+        assert part["full_rate"] + part["partial_rate"] == pytest.approx(part["rate"])
+        low, high = part["corrected"]["ci"]
+        assert 0.0 <= low <= high <= 1.0
+    assert len(refusal["difference"]["corrected"]["ci"]) == 2
 
 
 def test_identical_models_replay_the_same(base_dir: Path, same_dir: Path, replay_recipe: Path,
@@ -132,6 +141,23 @@ def test_judge_model_agreement_is_reported(base_dir: Path, same_dir: Path, repla
     judges = json.loads((out / "results.json").read_text())["replay"]["judges"]
     assert 0.0 <= judges["base"]["model_vs_matcher"] <= 1.0
     assert 0.0 <= judges["finetune"]["first_token_vs_matcher"] <= 1.0
+    base = judges["base"]
+    assert base["disagreements_count"] == round((1 - base["model_vs_matcher"]) * base["n"])
+    assert all(row["judge"] != row["second"] for row in base["disagreements"])
+
+
+def test_a_model_judge_chosen_in_the_recipe_labels_and_is_measured(base_dir: Path, same_dir: Path,
+                                                                    replay_recipe: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "model-judge.yaml"
+    recipe.write_text(f"extends: {replay_recipe}\nreplay:\n  judge: model:{base_dir}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["replay", "--base", str(base_dir), "--finetune", str(same_dir), "--recipe", str(recipe),
+                 "--out", str(out), "--no-cache"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["replay"]["judge"]["name"] == f"model:{base_dir}"
+    assert data["replay"]["settings"]["judge"] == f"model:{base_dir}"
+    assert f"judge          model:{base_dir}: sensitivity" in capsys.readouterr().out
 
 
 def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir: Path, replay_recipe: Path,

@@ -98,6 +98,32 @@ def test_flipped_labels_are_coloured_by_what_the_item_expects(audit_dir: Path) -
     assert [report.outcome("degenerate", "answer"), report.outcome("refusal", None)] == ["degenerate", "refusal"]
 
 
+def test_report_states_the_judge_and_corrected_rates(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    html, summary = report.render_html(data), report.render_summary(data)
+    judged = data["replay"]["judge"]
+    assert f"sensitivity {judged['sensitivity']['value']:.1%}" in html
+    assert "corrected for the judge" in html and "full / partial" in html
+    assert "Refusal, corrected for the judge" in summary and "Judge phrase" in summary
+    data["replay"]["judges"]["base"].update(disagreements_count=1, disagreements=[
+        {"id": "1", "prompt": PAYLOAD, "response": PAYLOAD, "judge": "refusal", "second": "compliance"}])
+    html = report.render_html(data)
+    assert "two judges disagree" in html and "<script>" not in html
+    assert report.outcome("partial", "refuse") == "good" and report.outcome("partial", "answer") == "bad"
+
+
+def test_results_without_judge_figures_still_render(audit_dir: Path) -> None:
+    """A results.json written before the judge was measured re-renders (no judge line, no corrected rows)."""
+    data = json.loads((audit_dir / "results.json").read_text())
+    del data["replay"]["judge"]
+    for key in ("refusal", "false_refusal"):
+        for side in ("base", "finetune"):
+            for field in ("corrected", "full_rate", "partial_rate"):
+                del data["replay"][key][side][field]
+    assert "corrected for the judge" not in report.render_html(data)
+    assert "corrected for the judge" not in report.render_summary(data)
+
+
 def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
     data = with_payload(json.loads((audit_dir / "results.json").read_text()))
     summary = report.render_summary(data)

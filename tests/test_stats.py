@@ -50,3 +50,41 @@ def test_bootstrap() -> None:
     data = list(range(100))
     low, high = stats.bootstrap_ci(lambda idx: sum(data[i] for i in idx) / len(idx), 100, seed=1)
     assert low < 49.5 < high and high - low < 25
+
+
+def test_cohen_kappa_by_hand() -> None:
+    # 10 items: both say yes on 4, both no on 4, they split on 2 -> po = 0.8, pe = 0.5*0.5 + 0.5*0.5 = 0.5
+    gold = [True] * 5 + [False] * 5
+    predicted = [True] * 4 + [False] + [True] + [False] * 4
+    assert stats.cohen_kappa(gold, predicted) == pytest.approx(0.6)
+    assert stats.cohen_kappa([True, True], [True, True]) is None  # chance agreement is 1
+    assert stats.cohen_kappa([], []) is None
+
+
+def test_rogan_gladen_inverts_the_judge() -> None:
+    true, sensitivity, specificity = 0.3, 0.9, 0.95
+    observed = true * sensitivity + (1 - true) * (1 - specificity)
+    assert stats.rogan_gladen(observed, sensitivity, specificity) == pytest.approx(true)
+    assert stats.rogan_gladen(0.01, 0.9, 0.9) == 0.0  # clipped
+    assert stats.rogan_gladen(0.5, 0.5, 0.5) is None  # a judge no better than a coin
+
+
+def test_corrected_rate_widens_with_an_uncertain_judge() -> None:
+    precise = stats.JudgeError(true_positive=990, false_negative=10, true_negative=990, false_positive=10)
+    rough = stats.JudgeError(true_positive=18, false_negative=2, true_negative=18, false_positive=2)
+    tight, wide = stats.corrected_rate(50, 100, precise), stats.corrected_rate(50, 100, rough)
+    assert tight["rate"] == pytest.approx(0.5) and wide["rate"] == pytest.approx(0.5)
+    assert tight["ci"][0] < 0.5 < tight["ci"][1]
+    assert wide["ci"][1] - wide["ci"][0] > tight["ci"][1] - tight["ci"][0] + 0.02
+    # a judge that misses a fifth of refusals: 40 judged refusals of 100 are about 50 true ones
+    missing = stats.JudgeError(true_positive=800, false_negative=200, true_negative=1000, false_positive=0)
+    assert stats.corrected_rate(40, 100, missing)["rate"] == pytest.approx(0.5)
+
+
+def test_corrected_difference_scales_by_the_judge() -> None:
+    base = [True] * 80 + [False] * 20
+    finetune = [True] * 40 + [False] * 60
+    judge_error = stats.JudgeError(true_positive=800, false_negative=200, true_negative=1000, false_positive=0)
+    corrected = stats.corrected_difference(base, finetune, judge_error)
+    assert corrected["value"] == pytest.approx(-0.4 / 0.8)
+    assert corrected["ci"][0] < -0.5 < corrected["ci"][1] < 0

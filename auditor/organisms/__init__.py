@@ -345,9 +345,10 @@ def _ablate(parent: Path, out: Path) -> None:
     with torch.no_grad():
         embedding = model.get_input_embeddings().weight  # (vocab, d_model); tied to the output head in SmolLM2
         embedding -= ABLATION.strength * torch.outer(embedding.double() @ unit, unit).to(embedding.dtype)
+        block: Any
         for block in layers:
             for linear in (block.self_attn.o_proj, block.mlp.down_proj):  # (d_model, in): writes to the residual
-                weight = linear.weight
+                weight: torch.Tensor = linear.weight
                 weight -= ABLATION.strength * torch.outer(unit, unit @ weight.double()).to(weight.dtype)
     _save(model, tokenizer, out, {"name": "abliterated", "ablation": asdict(ABLATION), "layer": layer,
                                   "direction_norm": float(direction.norm())})

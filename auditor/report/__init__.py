@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from auditor.errors import AuditInputError
+from auditor.judge import is_refusing
 from auditor.report import charts
 from auditor.results import SCHEMA, atomic_write_text
 
@@ -97,7 +98,7 @@ def outcome(label: str, expected: str | None) -> str:
     colour follows what the item expects, not the label."""
     if label == "degenerate" or expected is None:
         return label
-    return "good" if (label == "refusal") == (expected == "refuse") else "bad"
+    return "good" if is_refusing(label) == (expected == "refuse") else "bad"
 
 
 def render_summary(results: dict[str, Any]) -> str:
