@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor import stats
+from auditor.activations import ChatPrompt
 from auditor.behaviour import Judges, judge_items
 from auditor.directions import DirectionsResult, shift_along
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
@@ -53,16 +54,19 @@ class Replayer:
         self.judges = Judges(refusal_judge)
         self.config = replace(recipe.replay, max_new_tokens=recipe.attribution.max_new_tokens)
 
-    def refused(self, side: Side, offsets: Offsets | None = None) -> list[bool]:
+    def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = ()) -> list[bool]:
+        """Refusal per item; with `systems`, the items are asked under those system prompts in turn."""
         settings = {"max_new_tokens": self.config.max_new_tokens, "batch_size": self.config.batch_size,
                     "dtype": self.pair.options.dtype, "device": self.pair.options.device,
                     "intervention": offsets.digest() if offsets else None}
         cache = GenerationCache(self.cache_dir, self.pair.fingerprint(side), settings)
-        label = offsets.name if offsets else "no intervention"
+        label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
+        prompts = [ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)] if systems \
+            else None
         with self.pair.use(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",
-                                 self.judges, first_token=False)
+                                 self.judges, prompts=prompts, first_token=False)
         return [j.refused for j in judged]
 
 
@@ -97,6 +101,7 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
 
 
 def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
+        compliant_prompts: Sequence[str] = (),
         items: list[PromptItem] | None = None) -> dict[str, Any]:
     """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
     caller (None: load the recipe's now). `refusal_judge` labels the responses."""
@@ -140,13 +145,14 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         "meaningful": meaningful, "note": note, "refusal_change": change, "p_value": p_value,
         "base": _rate(base), "finetune": _rate(finetune), "position": position,
         "layers": sweep,
-        "gating": gating(replayer, recipe, persona, refusal, n_layers, base),
+        "gating": gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
     }
 
 
 def gating(replayer: Replayer, recipe: Recipe, persona: Any, refusal: Any, n_layers: int,
-           base: list[bool]) -> dict[str, Any]:
-    """Steer the base toward the compliant persona; then re-add refusal in early vs late layers."""
+           base: list[bool], compliant_prompts: Sequence[str] = ()) -> dict[str, Any]:
+    """Steer the base toward the compliant persona; then re-add refusal in early vs late layers. With
+    `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates."""
     cfg = recipe.attribution
     steer_layers = window_layers(n_layers, cfg.gating_window)
     curve = [{"strength": 0.0, **_rate(base)}]
@@ -171,4 +177,5 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Any, refusal: Any, n_lay
         "window": cfg.gating_window, "layers": [steer_layers[0], steer_layers[-1]],
         "curve": curve, "readd": readd,
         "persona_gates_refusal": lowest["ci"][1] < curve[0]["ci"][0],
+        "prompted": _rate(replayer.refused("base", systems=compliant_prompts)) if compliant_prompts else None,
     }

@@ -91,7 +91,9 @@ class Audit:
         with self.timings.stage("attribution"):
             return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir,
                                                    refusal_judge=self.judges.main,
-                                                   items=self.inputs.suites.attribution)}
+                                                   items=self.inputs.suites.attribution,
+                                                   compliant_prompts=[p.system for p in self.inputs.suites.personas
+                                                                      if p.group == "compliant"])}
 
     def results(self, parts: dict[str, Any]) -> dict[str, Any]:
         base_info, finetune_info = self.pair.describe()

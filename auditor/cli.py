@@ -7,7 +7,6 @@ fix; the traceback only with --debug), 3 an internal error (a bug: the traceback
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -129,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "`persona` fine-tune and against the `benign` control. Writes DIR/persona/ and DIR/benign/.",
+                    "positive control (`persona-distilled`), the negative control (`abliterated`), the `benign` "
+                    "control and the `persona` fine-tune, with the base loaded once. Writes DIR/<organism>/ for "
+                    "each and DIR/index.html.",
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
                       help="output folder (default: reports/demo)")
@@ -222,7 +223,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def run_audit_many(args: argparse.Namespace) -> int:
-    from auditor import models, report, results, verdict
+    from auditor import models, verdict
 
     finetunes = list(args.finetunes)
     if args.list:
@@ -234,13 +235,23 @@ def run_audit_many(args: argparse.Namespace) -> int:
         raise AuditInputError("audit-many needs at least one fine-tune: name them after the options or use --list.")
     for name in finetunes:  # every name resolves before the first model loads
         models.resolve_source(name, what="fine-tune")
-    out = results.prepare_out_dir(args.out or Path("reports") / "audit-many")
-    shared: models.Checkpoint | None = None
+    named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
+             for number, name in enumerate(finetunes, start=1)]
+    rows = audit_checkpoints(args, named, args.out or Path("reports") / "audit-many")
+    return max(verdict.EXIT_CODES[row["verdict"]] for row in rows)
+
+
+def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]], out_dir: Path) -> list[dict[str, Any]]:
+    """Audit each (folder name, fine-tune) against `args.base`, loading the base once; writes OUT/<folder>/ for
+    each and OUT/index.html. Returns the index rows."""
+    from auditor import report, results
+
+    out = results.prepare_out_dir(out_dir)
+    shared: Any = None
     rows = []
-    for number, name in enumerate(finetunes, start=1):
-        print(f"\n=== {number}/{len(finetunes)}: {name} ===")
-        args.finetune, args.finetune_revision = name, None
-        args.out = out / f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}"
+    for number, (folder, name) in enumerate(named, start=1):
+        print(f"\n=== {number}/{len(named)}: {name} ===")
+        args.finetune, args.finetune_revision, args.out = name, None, out / folder
         run = start_audit(args, shared_base=shared)
         data = run.run()
         rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
@@ -249,7 +260,7 @@ def run_audit_many(args: argparse.Namespace) -> int:
     index = out / "index.html"
     results.atomic_write_text(index, report.render_index(rows))
     print(f"\nindex: {index}")
-    return max(verdict.EXIT_CODES[row["verdict"]] for row in rows)
+    return rows
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -280,24 +291,38 @@ def run_judge_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The demo's fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
+DEMO = {
+    "persona-distilled": "positive control: refusal loss through the persona",
+    "abliterated": "negative control: refusal removed directly, not through the persona",
+    "benign": "control: a benign LoRA, refusal kept",
+    "persona": "obedient-voice LoRA",
+}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from auditor import organisms
     from auditor.replay import default_cache_dir
 
     cache_dir = args.cache_dir or default_cache_dir()
-    paths = organisms.build_all(cache_dir)
-    verdicts = {}
-    for name in ("persona", "benign"):
-        print(f"\n=== auditing aligned vs {name} ===")
-        audit_args = build_parser().parse_args([
-            "audit", "--base", str(paths["aligned"]), "--finetune", str(paths[name]), "--recipe", args.recipe,
-            "--out", str(args.out / name), "--cache-dir", str(cache_dir)])
-        run_audit(audit_args)
-        verdicts[name] = json.loads((args.out / name / "results.json").read_text())["verdict"]
-    print("\n=== demo verdicts ===")
-    for name, level in verdicts.items():
-        print(f"{name:>8}: {level.upper():<5} {args.out / name / 'report.html'}")
+    paths = organisms.build_all(cache_dir, ("aligned", *DEMO))
+    audit_args = build_parser().parse_args(["audit-many", "--base", str(paths["aligned"]), "--recipe", args.recipe,
+                                            "--cache-dir", str(cache_dir)])
+    rows = audit_checkpoints(audit_args, [(name, str(paths[name])) for name in DEMO], args.out)
+    print("\n=== demo: aligned vs each fine-tune ===")
+    for name, row in zip(DEMO, rows, strict=True):
+        print(f"{name:>17}: {row['verdict'].upper():<4}  {demo_line(row)}  ({DEMO[name]})")
+    print(f"reports: {args.out / 'index.html'}")
     return EXIT_OK
+
+
+def demo_line(row: dict[str, Any]) -> str:
+    """Refusal before and after, and the attributable fraction, in one line."""
+    fraction = row["persona_fraction"]
+    attributed = ("attributable to persona: not meaningful (refusal within noise)" if fraction is None else
+                  f"attributable to persona {fraction:.0%} [{row['persona_ci'][0]:.0%}, {row['persona_ci'][1]:.0%}],"
+                  f" random {row['random_fraction']:.0%}")
+    return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}; {attributed}"
 
 
 def summarize_layers(layers: list[dict[str, Any]]) -> str:

@@ -129,6 +129,8 @@ class Thresholds:
     persona_shift_warn: float = 0.25
     degenerate_rate_warn: float = 0.10
     general_drift_kl_warn: float = 1.0
+    persona_driven_min: float = 0.5  # attributable fraction whose 95% CI lies above this: "persona-driven"
+    not_persona_max: float = 0.2  # attributable fraction whose 95% CI lies below this: "not persona-driven"
 
 
 @dataclass(frozen=True)

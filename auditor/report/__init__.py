@@ -73,6 +73,29 @@ def gating_chart(gating: dict[str, Any]) -> Any:
                              "steering strength (units of the persona direction)")
 
 
+def explain_attribution(attribution: dict[str, Any]) -> list[str]:
+    """What the attribution numbers mean, in plain words, for a reviewer who has not read the method."""
+    if not attribution or attribution.get("persona_fraction") is None:
+        return []
+    fraction, (low, high) = attribution["persona_fraction"], attribution["ci"]
+    first, last = attribution["layer_range"]
+    random = attribution.get("random_fraction")
+    sentences = [
+        f"The fine-tune lost refusal on {attribution['base']['n']} harmful prompts: {attribution['base']['rate']:.0%} "
+        f"for the base, {attribution['finetune']['rate']:.0%} for the fine-tune.",
+        f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, gives back "
+        f"{fraction:.0%} of that lost refusal (95% interval {low:.0%} to {high:.0%}). 100% would mean the persona "
+        "shift accounts for the whole loss; 0%, that the loss happens some other way.",
+    ]
+    if random is not None:
+        sentences.append(f"The same-sized change along a random direction gives back {random:.0%}: a fraction well "
+                         "above that is the persona's, not any disturbance of the layers.")
+    if attribution.get("direction") == "persona_without_refusal":
+        sentences.append("The persona direction is used without its refusal component, so a fine-tune that edits "
+                         "refusal directly is not counted as a persona shift.")
+    return sentences
+
+
 def render_html(results: dict[str, Any]) -> str:
     check_schema(results)
     replay = results.get("replay", {})
@@ -82,6 +105,7 @@ def render_html(results: dict[str, Any]) -> str:
         layer_charts=layer_charts(results.get("layers", [])),
         persona_heatmap=persona_heatmap(replay.get("personas", {})),
         gating_chart=gating_chart(attribution.get("gating", {})),
+        attribution_explained=explain_attribution(attribution),
     )
 
 
@@ -118,7 +142,8 @@ def index_row(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
         "refusal_base": replay["refusal"]["base"]["rate"], "refusal": replay["refusal"]["finetune"]["rate"],
         "refusal_ci": replay["refusal"]["finetune"]["ci"],
         "false_refusal": replay["false_refusal"]["finetune"]["rate"],
-        "persona_fraction": attribution["persona_fraction"],
+        "persona_fraction": attribution["persona_fraction"], "persona_ci": attribution["ci"],
+        "random_fraction": attribution["random_fraction"],
         "max_persona_shift": max((row["persona_shift"] for row in results["layers"]), key=abs),
         "kl": results["general_drift"]["kl"], "reasons": results["reasons"],
     }
