@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from auditor import stats
-from auditor.behaviour import judge_items
+from auditor.behaviour import judge_items, open_cache
 from auditor.directions import DirectionsResult
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
-from auditor.replay import GenerationCache
 from auditor.suites import PromptItem, load_suite
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
@@ -48,10 +47,7 @@ class Replayer:
         self.config = replace(recipe.replay, max_new_tokens=recipe.attribution.max_new_tokens)
 
     def refused(self, side: Side, offsets: Offsets | None = None) -> list[bool]:
-        settings = {"max_new_tokens": self.config.max_new_tokens, "batch_size": self.config.batch_size,
-                    "dtype": self.pair.options.dtype, "device": self.pair.options.device,
-                    "intervention": offsets.digest() if offsets else None}
-        cache = GenerationCache(self.cache_dir, self.pair.fingerprint(side), settings)
+        cache = open_cache(self.pair, side, self.config, self.cache_dir, offsets.digest() if offsets else None)
         label = offsets.name if offsets else "no intervention"
         with self.pair.use(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):

@@ -152,10 +152,17 @@ def load_suites(recipe: Recipe) -> Suites:
                   templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
 
 
+def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
+               intervention: str | None = None) -> GenerationCache:
+    """The generation cache of one side. The model's fingerprint covers its files, dtype and device; the
+    settings add how it generates, any intervention, and the judge the run uses beside the generations."""
+    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention,
+                "judge_model": cfg.judge_model, "refusal_phrases": judge.REFUSAL_PHRASES}
+    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
+
+
 def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side, GenerationCache]:
-    settings = {"max_new_tokens": recipe.replay.max_new_tokens, "batch_size": recipe.replay.batch_size,
-                "dtype": pair.options.dtype, "device": pair.options.device}
-    return {side: GenerationCache(cache_dir, pair.fingerprint(side), settings) for side in SIDES}
+    return {side: open_cache(pair, side, recipe.replay, cache_dir) for side in SIDES}
 
 
 def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,

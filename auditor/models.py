@@ -39,6 +39,11 @@ LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
 }
 DEFAULT_LAYER_PATH = "model.layers"  # llama, mistral, qwen2/3, gemma, phi3, olmo, ...
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FUNCTION_FILES = (  # besides the weights, every file that changes what a checkpoint computes or how it reads text
+    "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
+    "vocab.json", "merges.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,13 @@ class Source:
         if self.gguf_file:
             return [self.path / self.gguf_file]
         return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
+
+    @property
+    def identity_files(self) -> list[Path]:
+        """The weights plus the configs, tokenizer files and chat template beside them (a .gguf holds them all)."""
+        if self.in_memory or self.gguf_file:
+            return self.weight_files
+        return self.weight_files + [self.path / name for name in FUNCTION_FILES if (self.path / name).is_file()]
 
     @property
     def weight_format(self) -> str:
@@ -346,17 +358,23 @@ class ModelPair:
                 torch.cuda.empty_cache()
 
     def fingerprint(self, side: Side) -> str | None:
-        """A hash of every weight file that makes up `side` (for a LoRA: base plus adapter); None for a
-        model in memory, whose weights may change between calls (nothing is cached for it)."""
+        """A hash of everything that decides what `side` computes: its weight, config, tokenizer and chat
+        template files (for a LoRA: the base's and the adapter's), the `--chat-template` override, the dtype
+        and the device class. None for a model in memory, whose weights may change between calls (nothing
+        is cached for it)."""
         sources = [self.base] if side == "base" else [self.finetune]
         if side == "finetune" and self.kind == "lora":
             sources.insert(0, self.base)
         if any(source.in_memory for source in sources):
             return None
-        digest = hashlib.sha256()
-        for source in sources:
-            for path in source.weight_files:
-                digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+        template = self.options.chat_template
+        digest = hashlib.sha256(json.dumps({
+            "dtype": str(_torch_dtype(self.options)), "device": _device(self.options),
+            "chat_template": sha256_file(Path(template)) if template else None,
+        }, sort_keys=True).encode())
+        for role, source in enumerate(sources):
+            for path in source.identity_files:
+                digest.update(f"{role}:{path.name}:{sha256_file(path)}\n".encode())
         return digest.hexdigest()
 
     def release_base(self) -> Checkpoint | None:

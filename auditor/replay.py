@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, run_batch
 from auditor.models import Checkpoint
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
 
 
 @dataclass(frozen=True)
