@@ -93,7 +93,7 @@ class Audit:
         """The whole audit; writes results.json, report.html and summary.md and returns the results."""
         parts = {**self.directions(), **self.replay()}
         parts.update(self.attribution())
-        decided = verdict.decide(parts, self.recipe.thresholds)
+        decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
         data = self.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
         rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
         self.write(data)

@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -298,6 +298,87 @@ def check_adapter_fits(model: nn.Module, adapter: Source) -> None:
                               f"{'; '.join(problems[:3])}{more}. Audit it against the base it was trained on.")
 
 
+def check_adapter_loaded(peft_model: Any, adapter: Source) -> None:
+    """Every LoRA weight peft created must come from the adapter file, and every tensor in the file must land
+    in one. peft only warns about either and keeps missing weights at their initial values (B = 0: no change),
+    so an empty or mismatched file would be audited as the base against itself."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    file = adapter.path / "adapter_model.safetensors"
+    if not file.is_file():
+        return  # pickled adapter allowed by the user
+    with safe_open(str(file), framework="pt") as handle:
+        saved = set(handle.keys())
+    created = set(get_peft_model_state_dict(peft_model).keys())
+    for problem, keys in (("has no weights for", sorted(created - saved)),
+                          ("has weights that match no module of the adapter", sorted(saved - created))):
+        if keys:
+            more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+            raise AuditInputError(f"--finetune {adapter.name}: {file.name} {problem} ({len(keys)} keys: "
+                                  f"{', '.join(keys[:3])}{more}); adapter_config.json and the weights do not belong "
+                                  "together. Re-save the adapter from the trained model.")
+
+
+def identical_to_base(base: Source, finetune: Source) -> str | None:
+    """Why the fine-tune computes exactly what the base computes, when the files prove it; else None.
+
+    Only proven cases count: a LoRA whose every update B @ A is zero (A or B all zero, nothing else in the
+    file), or a full model with the base's config and bit-identical tensors.
+    """
+    if finetune.is_adapter:
+        return _zero_lora(finetune.path / "adapter_model.safetensors")
+    if finetune.weight_format != "safetensors" or base.weight_format != "safetensors" or finetune.gguf_file:
+        return None
+    if _config(base) != _config(finetune):
+        return None
+    return "its config and every weight tensor equal the base's" if _same_tensors(base, finetune) else None
+
+
+def _zero_lora(file: Path) -> str | None:
+    from safetensors import safe_open
+
+    if not file.is_file():
+        return None
+    zero: dict[str, bool] = {}
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            match = re.match(r"^(.+)\.lora_[AB](?:\.[^.]+)?\.weight$", key)
+            if not match:
+                return None  # modules_to_save, DoRA magnitudes, embeddings: not provably a no-op
+            module_zero = not handle.get_tensor(key).any().item()
+            zero[match.group(1)] = zero.get(match.group(1), False) or module_zero
+    if zero and all(zero.values()):
+        return "every LoRA update B @ A is zero, so the adapter does not change the base"
+    return None
+
+
+def _config(source: Source) -> dict[str, Any]:
+    config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
+
+
+def _same_tensors(base: Source, finetune: Source) -> bool:
+    from safetensors import safe_open
+
+    with ExitStack() as stack:
+        def tensors(source: Source) -> dict[str, Any]:
+            found = {}
+            for file in (p for p in source.weight_files if p.suffix == ".safetensors"):
+                handle = stack.enter_context(safe_open(str(file), framework="pt"))
+                found.update(dict.fromkeys(handle.keys(), handle))
+            return found
+
+        ours, theirs = tensors(base), tensors(finetune)
+        if ours.keys() != theirs.keys():
+            return False
+        for key in sorted(ours):  # stops at the first difference: cheap for a real fine-tune
+            a, b = ours[key].get_tensor(key), theirs[key].get_tensor(key)
+            if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+                return False
+    return True
+
+
 def decoder_layers(model: Any, override: str | None = None) -> list[nn.Module]:
     """The decoder blocks, in order. Layer `l` here is hidden_states[l + 1] in transformers."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -330,6 +411,7 @@ class ModelPair:
     options: LoadOptions
     kind: Literal["lora", "full"]
     base_inferred_from: str | None = None
+    identical: str | None = None  # why the fine-tune computes what the base computes (see identical_to_base)
     warnings: list[str] = field(default_factory=list)
     _base: Checkpoint | None = None
     _finetune: Checkpoint | None = None
@@ -386,7 +468,7 @@ class ModelPair:
 
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
-        finetune = {**self.finetune.describe(), "kind": self.kind}
+        finetune = {**self.finetune.describe(), "kind": self.kind, "identical_to_base": self.identical is not None}
         return base, finetune
 
 
@@ -419,13 +501,24 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
     if finetune.is_adapter:
         base_checkpoint = shared_base or _load_checkpoint(base, options)
         check_adapter_fits(base_checkpoint.model, finetune)
-        pair._base = Checkpoint(_attach_adapter(base_checkpoint.model, finetune, options), base_checkpoint.tokenizer)
+        peft_model = _attach_adapter(base_checkpoint.model, finetune, options)
+        try:
+            check_adapter_loaded(peft_model, finetune)
+        except AuditInputError:
+            peft_model.unload()  # a shared base goes on to the next checkpoint without this adapter
+            raise
+        pair._base = Checkpoint(peft_model, base_checkpoint.tokenizer)
         pair.warnings += _adapter_tokenizer_warnings(pair._base.tokenizer, finetune)
     else:
         if not options.low_memory:
             pair._base = shared_base or _load_checkpoint(base, options)
             pair._finetune = _load_checkpoint(finetune, options)
             pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
+    pair.identical = identical_to_base(base, finetune)
+    if pair.identical:
+        warning = f"the fine-tune is identical in function to the base: {pair.identical}"
+        pair.warnings.append(warning)
+        print(f"drift-audit: warning: {warning}", file=sys.stderr)
     return pair
 
 

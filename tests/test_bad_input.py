@@ -123,3 +123,25 @@ def test_bad_recipes(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_debug_shows_traceback(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["--debug", *audit_args(base_dir, tmp_path / "nope", tmp_path / "o")], capsys)
     assert code == 2 and "Traceback" in err
+
+
+def test_adapter_without_weights(base_dir: Path, lora_random_dir: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    empty = Path(shutil.copytree(lora_random_dir, tmp_path / "empty-adapter"))
+    save_file({}, str(empty / "adapter_model.safetensors"))
+    code, err = run(audit_args(base_dir, empty, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "has no weights for", "layers.0.mlp.down_proj.lora_A.weight")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_adapter_weights_matching_no_module(base_dir: Path, lora_random_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The config no longer targets up_proj, so peft would drop the up_proj weights with a warning."""
+    odd = Path(shutil.copytree(lora_random_dir, tmp_path / "odd-adapter"))
+    config = json.loads((odd / "adapter_config.json").read_text())
+    config["target_modules"] = [m for m in config["target_modules"] if m != "up_proj"]
+    (odd / "adapter_config.json").write_text(json.dumps(config))
+    code, err = run(audit_args(base_dir, odd, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "match no module", "mlp.up_proj.lora_A.weight")

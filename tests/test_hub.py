@@ -97,3 +97,5 @@ def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora
         assert (out / folder / "report.html").is_file()
     first = json.loads((out / "01-lora-zero" / "results.json").read_text())
     assert first["general_drift"]["kl"] == pytest.approx(0.0, abs=1e-9)  # B = 0: the adapter changes nothing
+    assert first["finetune"]["identical_to_base"] and first["verdict"] == "warn"
+    assert any("identical in function" in reason for reason in first["reasons"])
