@@ -44,11 +44,9 @@ class Audit:
     measured: DirectionsResult | None = None
 
     def directions(self) -> dict[str, Any]:
-        """Measure the directions, save the tensors, and return the results.json fields they fill."""
+        """Measure the directions (kept for `write`) and return the results.json fields they fill."""
         with self.timings.stage("directions"):
             self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
-        directions.save_directions(self.out / "directions.safetensors", self.measured,
-                                   {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
         by_position = directions.layers_json(self.measured)
         return {
             "position": self.recipe.positions[0],
@@ -86,8 +84,16 @@ class Audit:
             "environment": results.environment(self.pair.options.device, self.pair.options.dtype),
         }
 
-    def write(self, data: dict[str, Any]) -> None:
-        results.write_json(self.out / "results.json", data)
+    def write(self, data: dict[str, Any], rendered: report.Rendered | None = None) -> None:
+        """Write results.json, the directions and (for a whole audit) the report as one set (see
+        results.write_outputs), so a failed run never leaves new files beside an earlier run's."""
+        files = {"results.json": results.json_bytes(data)}
+        if self.measured is not None:
+            files["directions.safetensors"] = directions.directions_file(
+                self.measured, {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
+        if rendered is not None:
+            files.update(rendered.files())
+        results.write_outputs(self.out, files)
 
     def run(self) -> dict[str, Any]:
         """The whole audit; writes results.json, report.html and summary.md and returns the results."""
@@ -95,7 +101,5 @@ class Audit:
         parts.update(self.attribution())
         decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
         data = self.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
-        rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
-        self.write(data)
-        rendered.write(self.out)
+        self.write(data, report.render(data))
         return data

@@ -236,8 +236,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     data = report.load_results(args.results)
     out = results.prepare_out_dir(args.out or args.results.parent)
-    html, summary = report.render(data).write(out)
-    print(f"wrote {html} and {summary}")
+    results.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
+    print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return EXIT_OK
 
 

@@ -29,7 +29,6 @@ from auditor.activations import ChatPrompt, capture
 from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Position, Recipe
-from auditor.results import atomic_write_bytes
 from auditor.suites import load_personas, load_prompts
 
 FORMAT = "drift-audit/directions/1"
@@ -238,8 +237,8 @@ def layers_json(result: DirectionsResult) -> dict[str, list[dict[str, Any]]]:
     return {pos: [asdict(layer) for layer in drift] for pos, drift in result.layers.items()}
 
 
-def save_directions(path: Path, result: DirectionsResult, metadata: dict[str, str]) -> None:
-    """Write every direction to safetensors: tensor `{side}.{kind}.{position}`, shape (layers, d_model)."""
+def directions_file(result: DirectionsResult, metadata: dict[str, str]) -> bytes:
+    """Every direction as a safetensors file: tensor `{side}.{kind}.{position}`, shape (layers, d_model)."""
     from safetensors.torch import save
 
     tensors = {}
@@ -256,11 +255,11 @@ def save_directions(path: Path, result: DirectionsResult, metadata: dict[str, st
         "positions": ",".join(result.base),
         **metadata,
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return save(tensors, metadata=meta)
 
 
 def load_directions(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a directions file written by `save_directions`: (tensors, metadata)."""
+    """Read a directions file written from `directions_file`: (tensors, metadata)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:

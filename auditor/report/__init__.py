@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from auditor.errors import AuditInputError
 from auditor.report import charts
-from auditor.results import SCHEMA, atomic_write_text
+from auditor.results import SCHEMA
 
 SHOWN_CHARS = 300
 
@@ -150,12 +150,9 @@ class Rendered:
     html: str
     summary: str
 
-    def write(self, out: Path) -> tuple[Path, Path]:
-        """Write report.html and summary.md atomically; returns their paths."""
-        html, summary = out / "report.html", out / "summary.md"
-        atomic_write_text(html, self.html)
-        atomic_write_text(summary, self.summary)
-        return html, summary
+    def files(self) -> dict[str, bytes]:
+        """report.html and summary.md, for `results.write_outputs`."""
+        return {"report.html": self.html.encode("utf-8"), "summary.md": self.summary.encode("utf-8")}
 
 
 def render(results: dict[str, Any]) -> Rendered:
