@@ -102,12 +102,22 @@ def test_missing_chat_template(base_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert_bad_input(code, err, "no chat template", "--chat-template")
 
 
+def alias_bomb(levels: int) -> str:
+    """A recipe whose `description` is a few hundred bytes of YAML but 9**levels strings once expanded."""
+    lines = ["version: 1", "description:", "  - &a0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.parametrize("recipe, needle", [
     ("version: 1\nbogus: 1\n", "unknown key 'bogus'"),
     ("version: 1\nbatch_size: many\n", "recipe.batch_size must be of type int"),
     ("version: 1\nbatch_size: 0\n", "at least 1"),
     ("version: 1\ndirections: {harmful: EMPTY}\n", "has no prompts"),
     ("version: 1\ndirections: {harmful: BROKEN}\n", "line 2"),
+    ("version: 1\nbatch_size: 4\nseed: 1\nbatch_size: 8\n", "key 'batch_size' is given twice"),
+    (alias_bomb(6), "YAML aliases"),
+    (alias_bomb(10), "YAML aliases"),  # about 3.5e9 values: a MemoryError after a minute, unchecked
 ])
 def test_bad_recipes(base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: str,
                      needle: str) -> None:
