@@ -15,9 +15,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from auditor import schema
 from auditor.errors import AuditInputError
 from auditor.report import charts
-from auditor.results import SCHEMA
 
 SHOWN_CHARS = 300
 
@@ -73,7 +73,7 @@ def gating_chart(gating: dict[str, Any]) -> Any:
 
 
 def render_html(results: dict[str, Any]) -> str:
-    check_schema(results)
+    schema.check(results, "results.json")
     replay = results.get("replay", {})
     attribution = results.get("attribution", {})
     return _environment().get_template("report.html.j2").render(
@@ -84,11 +84,11 @@ def render_html(results: dict[str, Any]) -> str:
     )
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&@:])")  # @: no mention; ':' no bare-URL link
 
 
 def md_escape(text: str) -> str:
-    """Escape text for Markdown so nothing in it becomes a link, image, HTML or formatting."""
+    """Escape text for Markdown so nothing in it becomes a link, image, HTML, formatting or a GitHub mention."""
     return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
@@ -101,7 +101,7 @@ def outcome(label: str, expected: str | None) -> str:
 
 
 def render_summary(results: dict[str, Any]) -> str:
-    check_schema(results)
+    schema.check(results, "results.json")
     env = _environment()
     env.autoescape = False  # Markdown: every interpolated text goes through md_escape instead
     env.filters["md"] = md_escape
@@ -139,12 +139,6 @@ def render_index(rows: list[dict[str, Any]]) -> str:
     return _environment().get_template("index.html.j2").render(rows=rows, trends=trends)
 
 
-def check_schema(results: dict[str, Any]) -> None:
-    if results.get("schema") != SCHEMA:
-        raise AuditInputError(f"this is not a drift-audit results file (schema {results.get('schema')!r}, "
-                              f"expected {SCHEMA!r}).")
-
-
 @dataclass(frozen=True)
 class Rendered:
     html: str
@@ -162,8 +156,8 @@ def render(results: dict[str, Any]) -> Rendered:
 
 def load_results(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AuditInputError(f"{path} cannot be read as results.json ({exc}).") from None
-    check_schema(data)
+    schema.check(data, str(path))
     return data
