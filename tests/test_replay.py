@@ -54,7 +54,17 @@ def test_torn_cache_line_is_ignored(checkpoint: models.Checkpoint, tmp_path: Pat
     first = run(checkpoint, tmp_path)
     path = next(tmp_path.glob("*.jsonl"))
     path.write_text(path.read_text() + '{"key": "abc", "text": "half writ')
-    assert run(checkpoint, tmp_path) == first
+    with pytest.warns(RuntimeWarning, match="1 unreadable line"):
+        assert run(checkpoint, tmp_path) == first
+
+
+def test_non_utf8_cache_lines_are_misses(checkpoint: models.Checkpoint, tmp_path: Path) -> None:
+    first = run(checkpoint, tmp_path)
+    path = next(tmp_path.glob("*.jsonl"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([b"\xff\xfe garbage \x80\n", lines[0][:5] + b"\xc3\x28" + lines[0][5:], *lines[1:]]))
+    with pytest.warns(RuntimeWarning, match="2 unreadable line"):
+        assert run(checkpoint, tmp_path) == first
 
 
 @pytest.fixture
