@@ -16,6 +16,7 @@ from typing import Any
 
 from auditor import judge, stats
 from auditor.activations import ChatPrompt
+from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
@@ -146,6 +147,10 @@ def load_suites(recipe: Recipe) -> Suites:
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
     benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
     contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
+    if not benign:
+        raise AuditInputError(f"replay.false_refusal: {cfg.false_refusal.source} has no item that should be "
+                              "answered (every item expects a refusal), so false refusal cannot be measured. Add "
+                              "benign items (expected: answer).")
     return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
                   benign=benign, contrast=contrast,
                   personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],

@@ -32,6 +32,7 @@ from auditor.recipe import Position, Recipe
 from auditor.suites import load_personas, load_prompts
 
 FORMAT = "drift-audit/directions/1"
+MIN_PROMPTS = 2  # each set is split in two halves for the noise floor; a half with no prompt has no mean
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
     harmful = load_prompts(cfg.harmful, key="directions.harmful", limit=limit)
     harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
     neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
+    for key, prompts in (("harmful", harmful), ("harmless", harmless), ("neutral", neutral)):
+        if len(prompts) < MIN_PROMPTS:
+            raise AuditInputError(f"directions.{key}: {getattr(cfg, key)} has {len(prompts)} prompt(s); the split-half "
+                                  f"noise floor needs at least {MIN_PROMPTS} (a meaningful one, 16 or more). Add "
+                                  f"prompts or point directions.{key} at a larger file.")
     personas = load_personas(cfg.personas, key="directions.personas")
     by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
     for kind, systems in by_kind.items():
