@@ -7,12 +7,15 @@ fields it fills, so a command can stop after any stage (`directions`, `replay`) 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from auditor import attribution, behaviour, directions, judge, report, results, verdict
+from auditor.activations import ChatPrompt, render
 from auditor.directions import DirectionsResult
+from auditor.errors import AuditInputError
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
 
@@ -30,6 +33,42 @@ def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
     return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe) if replay else None)
 
 
+def labelled_prompts(inputs: Inputs) -> Iterator[tuple[str, ChatPrompt]]:
+    """Every prompt a run renders, named for an error message. For the persona design, whose prompts are
+    persona x template x item, only the longest combination."""
+    for f in fields(directions.PromptSets):
+        for number, prompt in enumerate(getattr(inputs.prompts, f.name), start=1):
+            yield f"directions.{f.name} prompt {number}", prompt
+    suites = inputs.suites
+    if suites is None:
+        return
+    for name, items in (("replay.refusal", suites.refusal), ("replay.false_refusal", suites.benign + suites.contrast)):
+        for item in items:
+            yield f"{name} item {item.id!r}", ChatPrompt(item.prompt)
+    longest = max(suites.benign, key=lambda i: len(i.prompt)).prompt
+    template = max(suites.templates, key=len)
+    system = max((p.system for p in suites.personas), key=len) or None
+    yield "the longest persona x paraphrase x item", ChatPrompt(template.replace("{prompt}", longest), system)
+
+
+def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> None:
+    """Refuse a prompt longer than the recipe's `max_prompt_tokens` or than the model's positions (less the
+    tokens to generate): the forward pass would fail, or allocate memory quadratic in the length (a 10 MB
+    prompt asked for 36 TB). Only tokenizes; runs before any forward pass."""
+    tokenizer, positions = pair.tokenizer_and_positions()
+    room = 0 if inputs.suites is None else max(recipe.replay.max_new_tokens, recipe.attribution.max_new_tokens)
+    limit = recipe.max_prompt_tokens
+    if positions is not None and positions - room < limit:
+        limit = positions - room
+    for label, prompt in labelled_prompts(inputs):
+        length = len(render(tokenizer, prompt).ids)
+        if length > limit:
+            raise AuditInputError(
+                f"{label} is {length} tokens long as rendered for the model; at most {limit} fit (recipe "
+                f"max_prompt_tokens {recipe.max_prompt_tokens}; the model has {positions} positions, {room} of them "
+                "for the response). Shorten or drop that prompt.")
+
+
 @dataclass
 class Audit:
     """An audit in progress. `cache_dir` None disables the generation cache."""
@@ -45,6 +84,7 @@ class Audit:
 
     def directions(self) -> dict[str, Any]:
         """Measure the directions (kept for `write`) and return the results.json fields they fill."""
+        check_prompt_lengths(self.pair, self.recipe, self.inputs)
         with self.timings.stage("directions"):
             self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
         by_position = directions.layers_json(self.measured)

@@ -179,7 +179,7 @@ def infer_base(finetune: Source) -> tuple[str, str]:
     Returns (base name, where it was found) so the user can be told which base was used.
     """
     if finetune.is_adapter:
-        config = json.loads((finetune.path / "adapter_config.json").read_text(encoding="utf-8"))
+        config = read_adapter_config(finetune, "--finetune")
         base = config.get("base_model_name_or_path")
         if isinstance(base, str) and base:
             return base, "adapter_config.json base_model_name_or_path"
@@ -230,10 +230,44 @@ def check_weight_format(source: Source, options: LoadOptions, what: str) -> bool
     return False
 
 
+def read_adapter_config(adapter: Source, what: str) -> dict[str, Any]:
+    """adapter_config.json, with the fields peft takes on trust checked: `peft_type`, and for LoRA `r`,
+    `lora_alpha` and `target_modules` (peft would fail on them later, as an internal error)."""
+    from peft import PeftType
+
+    path = adapter.path / "adapter_config.json"
+    where = f"{what} {adapter.name}: adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise AuditInputError(f"{where} cannot be read as JSON ({exc}). Re-save the adapter.") from None
+    if not isinstance(config, dict):
+        raise AuditInputError(f"{where} must be a JSON object, got {type(config).__name__}.")
+    known = sorted(t.value for t in PeftType)
+    if config.get("peft_type") not in known:
+        raise AuditInputError(f"{where}: peft_type {str(config.get('peft_type'))[:60]!r} is not a peft adapter type "
+                              f"(one of {', '.join(known)}).")
+    if config["peft_type"] == "LORA":
+        for key in ("r", "lora_alpha"):
+            value = config.get(key)
+            if key in config and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+                                  or (key == "r" and not isinstance(value, int))):
+                kind = "a positive integer" if key == "r" else "a positive number"
+                raise AuditInputError(f"{where}: {key} must be {kind}, got {str(value)[:60]!r}.")
+        targets = config.get("target_modules")
+        if not (targets is None or isinstance(targets, str)
+                or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+            raise AuditInputError(f"{where}: target_modules must be a module name, a regular expression or a "
+                                  f"list of names, got {str(targets)[:60]!r}.")
+    return config
+
+
 def load_config(source: Source, options: LoadOptions, what: str) -> Any:
     """The model config (for an adapter: the peft config), without loading weights."""
     if source.is_adapter:
         from peft import PeftConfig
+
+        read_adapter_config(source, what)
 
         try:
             return PeftConfig.from_pretrained(str(source.path))
@@ -459,6 +493,14 @@ class ModelPair:
                 digest.update(f"{role}:{path.name}:{sha256_file(path)}\n".encode())
         return digest.hexdigest()
 
+    def tokenizer_and_positions(self) -> tuple[Any, int | None]:
+        """The base's tokenizer and how many positions its model has (None where its config does not say),
+        without loading weights when the two models are loaded in turn (low memory)."""
+        if self._base is not None:
+            return self._base.tokenizer, getattr(self._base.model.config, "max_position_embeddings", None)
+        config = load_config(self.base, self.options, "--base")
+        return _load_tokenizer(self.base, self.options), getattr(config, "max_position_embeddings", None)
+
     def release_base(self) -> Checkpoint | None:
         """The plain base, for the next pair (a LoRA is taken off the shared weights); this pair is spent."""
         base, self._base, self._finetune = self._base, None, None
@@ -560,7 +602,7 @@ def _device(options: LoadOptions) -> str:
 
 
 def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     pickled = check_weight_format(source, options, source.name)
     kwargs: dict[str, Any] = {
@@ -574,15 +616,25 @@ def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
         kwargs["device_map"] = "auto"  # shards across devices with accelerate when one is too small
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), gguf_file=source.gguf_file,
-                                                  trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise AuditInputError(f"{source.name} cannot be loaded as a causal language model: {exc}") from None
+    tokenizer = _load_tokenizer(source, options)
     if "device_map" not in kwargs:
         model.to(_device(options))  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
-    return Checkpoint(model=model, tokenizer=prepare_tokenizer(tokenizer, source.name, options.chat_template))
+    return Checkpoint(model=model, tokenizer=tokenizer)
+
+
+def _load_tokenizer(source: Source, options: LoadOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), gguf_file=source.gguf_file,
+                                                  trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise AuditInputError(f"{source.name}: the tokenizer cannot be loaded: {exc}") from None
+    return prepare_tokenizer(tokenizer, source.name, options.chat_template)
 
 
 def _attach_adapter(model: Any, adapter: Source, options: LoadOptions) -> Any:

@@ -140,6 +140,7 @@ class Recipe:
     description: str = ""
     positions: tuple[Position, ...] = ("post_instruction", "last")
     batch_size: int = _positive(8)
+    max_prompt_tokens: int = _positive(2048)  # a rendered prompt longer than this (or the model's positions) is refused
     seed: int = 0
     layers_path: str | None = None
     directions: DirectionsConfig = DirectionsConfig()
