@@ -133,6 +133,14 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
+def load_options(args: argparse.Namespace) -> Any:
+    from auditor import models
+
+    return models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
+                              trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                              chat_template=args.chat_template)
+
+
 def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
     cheap mistakes fail before models load."""
@@ -150,9 +158,7 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
         audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
     inputs = load_inputs(audit_recipe, replay=args.command != "directions")
     out = results.prepare_out_dir(args.out or default_out(args.finetune))
-    options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                                 chat_template=args.chat_template)
+    options = load_options(args)
     cache_dir = None if getattr(args, "no_cache", False) else (
         (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
     started = time.perf_counter()
@@ -201,34 +207,56 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def run_audit_many(args: argparse.Namespace) -> int:
+    """Every checkpoint is checked before any model loads; one that fails mid-batch is recorded in the index
+    (verdict "error") and the batch goes on."""
     from auditor import models, report, results, verdict
 
     finetunes = list(args.finetunes)
     if args.list:
         try:
             finetunes += [line.strip() for line in args.list.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise AuditInputError(f"--list {args.list} cannot be read ({exc}).") from None
     if not finetunes:
         raise AuditInputError("audit-many needs at least one fine-tune: name them after the options or use --list.")
-    for name in finetunes:  # every name resolves before the first model loads
-        models.resolve_source(name, what="fine-tune")
+    options = load_options(args)
+    problems = []
+    for name in finetunes:
+        try:
+            models.check_pair(args.base, name, options, base_revision=args.base_revision)
+        except AuditInputError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise AuditInputError(f"{len(problems)} of {len(finetunes)} checkpoints cannot be audited, so none was: "
+                              + " | ".join(problems))
     out = results.prepare_out_dir(args.out or Path("reports") / "audit-many")
+    index = out / "index.html"
+    index.unlink(missing_ok=True)  # an earlier batch's index must not stand beside this batch's reports
     shared: models.Checkpoint | None = None
-    rows = []
+    rows, codes = [], []
     for number, name in enumerate(finetunes, start=1):
         print(f"\n=== {number}/{len(finetunes)}: {name} ===")
         args.finetune, args.finetune_revision = name, None
         args.out = out / f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}"
-        run = start_audit(args, shared_base=shared)
-        data = run.run()
-        rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
-        print(f"verdict: {data['verdict'].upper()}")
-        shared = run.pair.release_base()
-    index = out / "index.html"
-    results.atomic_write_text(index, report.render_index(rows))
+        run = None
+        try:
+            run = start_audit(args, shared_base=shared)
+            data = run.run()
+        except Exception as exc:  # recorded in the index; the other checkpoints are still audited
+            code = EXIT_BAD_INPUT if isinstance(exc, AuditInputError) else EXIT_INTERNAL
+            if code == EXIT_INTERNAL:
+                traceback.print_exc()
+            print(f"drift-audit: {name} failed, going on with the next checkpoint: {exc}", file=sys.stderr)
+            rows.append(report.error_row(name, f"{type(exc).__name__}: {exc}"))
+            codes.append(code)
+        else:
+            rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
+            codes.append(verdict.EXIT_CODES[data["verdict"]])
+            print(f"verdict: {data['verdict'].upper()}")
+        shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
+        results.atomic_write_text(index, report.render_index(rows))
     print(f"\nindex: {index}")
-    return max(verdict.EXIT_CODES[row["verdict"]] for row in rows)
+    return max(codes)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -514,15 +514,10 @@ class ModelPair:
         return base, finetune
 
 
-def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
-              base_revision: str | None = None, finetune_revision: str | None = None,
-              shared_base: Checkpoint | None = None) -> ModelPair:
-    """Resolve, check and load a base and its fine-tune (see module docstring).
-
-    With no `base_name`, the base is the one the fine-tune names (see `infer_base`). `shared_base`
-    is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
-    several checkpoints of one run.
-    """
+def check_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
+               base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
+    """Resolve and check a base and its fine-tune from their files alone, loading no weights: what can be
+    wrong with the names, formats and configs fails here, in seconds. Returns the pair, not yet loaded."""
     finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
     inferred = None
     if base_name is None:
@@ -540,6 +535,28 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
         check_compatible(base, base_cfg, finetune, ft_cfg)
     pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full",
                      base_inferred_from=inferred)
+    full_weights = [p.name for p in finetune.weight_files
+                    if not p.name.startswith("adapter_model")] if finetune.is_adapter else []
+    if full_weights:
+        pair.warnings.append(f"--finetune {finetune.name} holds both a PEFT adapter (adapter_config.json) and full "
+                             f"model weights ({', '.join(full_weights[:2])}); it was audited as the adapter. Move "
+                             "one of them to its own folder to audit the other.")
+        print(f"drift-audit: warning: {pair.warnings[-1]}", file=sys.stderr)
+    return pair
+
+
+def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
+              base_revision: str | None = None, finetune_revision: str | None = None,
+              shared_base: Checkpoint | None = None) -> ModelPair:
+    """Resolve, check and load a base and its fine-tune (see module docstring).
+
+    With no `base_name`, the base is the one the fine-tune names (see `infer_base`). `shared_base`
+    is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
+    several checkpoints of one run.
+    """
+    pair = check_pair(base_name, finetune_name, options, base_revision=base_revision,
+                      finetune_revision=finetune_revision)
+    base, finetune = pair.base, pair.finetune
     if finetune.is_adapter:
         base_checkpoint = shared_base or _load_checkpoint(base, options)
         check_adapter_fits(base_checkpoint.model, finetune)

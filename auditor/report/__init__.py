@@ -123,8 +123,15 @@ def index_row(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
     }
 
 
+def error_row(name: str, error: str) -> dict[str, Any]:
+    """A checkpoint that could not be audited, for the audit-many index."""
+    return {"name": name, "verdict": "error", "error": error}
+
+
 def render_index(rows: list[dict[str, Any]]) -> str:
-    """The audit-many index: one row per checkpoint with a link to its report, and trend charts."""
+    """The audit-many index: one row per checkpoint with a link to its report (or the error that stopped
+    it), and trend charts over the audited ones."""
+    all_rows, rows = rows, [r for r in rows if r["verdict"] != "error"]
     trends = [
         charts.line_chart("Refusal of harmful requests across checkpoints",
                           [charts.Series("fine-tune", [r["refusal"] for r in rows]),
@@ -136,7 +143,7 @@ def render_index(rows: list[dict[str, Any]]) -> str:
         charts.line_chart("Largest persona shift (any layer)", [charts.Series(
             "shift", [r["max_persona_shift"] for r in rows], charts.COLOURS[1])], reference=0.0, x_label="checkpoint"),
     ]
-    return _environment().get_template("index.html.j2").render(rows=rows, trends=trends)
+    return _environment().get_template("index.html.j2").render(rows=all_rows, trends=trends)
 
 
 @dataclass(frozen=True)
