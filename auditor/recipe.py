@@ -290,4 +290,6 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise AuditInputError(f"{key} must be of type {hint.__name__}, got {_SHORT.repr(value)}.")
+    if isinstance(value, str) and "\x00" in value:
+        raise AuditInputError(f"{key} contains a NUL character (\\x00), which no name, path or text needs.")
     return value

@@ -116,3 +116,13 @@ def test_no_op_finetunes_are_reported_as_identical(base_dir: Path, same_dir: Pat
     assert "every weight tensor equal" in str(identical(same_dir))
     assert identical(lora_random_dir) is None
     assert identical(full_small_dir) is None
+
+
+def test_folder_with_an_adapter_and_full_weights_warns(base_dir: Path, lora_random_dir: Path,
+                                                       tmp_path: Path) -> None:
+    both = Path(shutil.copytree(lora_random_dir, tmp_path / "both"))
+    shutil.copy(base_dir / "model.safetensors", both / "model.safetensors")
+    pair = models.check_pair(str(base_dir), str(both), models.LoadOptions())
+    assert pair.kind == "lora"
+    assert [w for w in pair.warnings if "both a PEFT adapter" in w and "model.safetensors" in w]
+    assert models.check_pair(str(base_dir), str(lora_random_dir), models.LoadOptions()).warnings == []
