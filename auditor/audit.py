@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from auditor import attribution, behaviour, directions, judge, report, results, verdict
+from auditor import attribution, behaviour, directions, judge, report, results, schema, verdict
 from auditor.activations import ChatPrompt, render
 from auditor.directions import DirectionsResult
 from auditor.errors import AuditInputError
@@ -127,6 +127,9 @@ class Audit:
     def write(self, data: dict[str, Any], rendered: report.Rendered | None = None) -> None:
         """Write results.json, the directions and (for a whole audit) the report as one set (see
         results.write_outputs), so a failed run never leaves new files beside an earlier run's."""
+        broken = schema.problems(data)
+        if broken:  # a bug in the auditor, not bad input: exit 3 with the traceback
+            raise RuntimeError(f"drift-audit produced results that break its own schema: {'; '.join(broken[:5])}")
         files = {"results.json": results.json_bytes(data)}
         if self.measured is not None:
             files["directions.safetensors"] = directions.directions_file(
