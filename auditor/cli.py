@@ -24,6 +24,7 @@ from auditor.errors import AuditInputError
 
 if TYPE_CHECKING:
     from auditor.audit import Audit
+    from auditor.models import LoadOptions
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -133,7 +134,7 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
-def load_options(args: argparse.Namespace) -> Any:
+def load_options(args: argparse.Namespace) -> LoadOptions:
     from auditor import models
 
     return models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
