@@ -27,13 +27,12 @@ from typing import Any
 
 from auditor import stats
 from auditor.activations import ChatPrompt
-from auditor.behaviour import Judges, judge_items
+from auditor.behaviour import Judges, judge_items, open_cache
 from auditor.directions import DirectionsResult, shift_along
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
-from auditor.replay import GenerationCache
 from auditor.suites import PromptItem, load_suite
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
@@ -56,10 +55,7 @@ class Replayer:
 
     def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = ()) -> list[bool]:
         """Refusal per item; with `systems`, the items are asked under those system prompts in turn."""
-        settings = {"max_new_tokens": self.config.max_new_tokens, "batch_size": self.config.batch_size,
-                    "dtype": self.pair.options.dtype, "device": self.pair.options.device,
-                    "intervention": offsets.digest() if offsets else None}
-        cache = GenerationCache(self.cache_dir, self.pair.fingerprint(side), settings)
+        cache = open_cache(self.pair, side, self.config, self.cache_dir, offsets.digest() if offsets else None)
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
         prompts = [ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)] if systems \
             else None

@@ -7,13 +7,16 @@ fields it fills, so a command can stop after any stage (`directions`, `replay`) 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from auditor import attribution, behaviour, directions, judge, judge_eval, report, results, verdict
+from auditor import attribution, behaviour, directions, judge, judge_eval, report, results, schema, verdict
+from auditor.activations import ChatPrompt, render
 from auditor.directions import DirectionsResult
+from auditor.errors import AuditInputError
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
 
@@ -36,6 +39,42 @@ def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
                   judge_eval.load_labelled(recipe.replay.judge_labels))
 
 
+def labelled_prompts(inputs: Inputs) -> Iterator[tuple[str, ChatPrompt]]:
+    """Every prompt a run renders, named for an error message. For the persona design, whose prompts are
+    persona x template x item, only the longest combination."""
+    for f in fields(directions.PromptSets):
+        for number, prompt in enumerate(getattr(inputs.prompts, f.name), start=1):
+            yield f"directions.{f.name} prompt {number}", prompt
+    suites = inputs.suites
+    if suites is None:
+        return
+    for name, items in (("replay.refusal", suites.refusal), ("replay.false_refusal", suites.benign + suites.contrast)):
+        for item in items:
+            yield f"{name} item {item.id!r}", ChatPrompt(item.prompt)
+    longest = max(suites.benign, key=lambda i: len(i.prompt)).prompt
+    template = max(suites.templates, key=len)
+    system = max((p.system for p in suites.personas), key=len) or None
+    yield "the longest persona x paraphrase x item", ChatPrompt(template.replace("{prompt}", longest), system)
+
+
+def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> None:
+    """Refuse a prompt longer than the recipe's `max_prompt_tokens` or than the model's positions (less the
+    tokens to generate): the forward pass would fail, or allocate memory quadratic in the length (a 10 MB
+    prompt asked for 36 TB). Only tokenizes; runs before any forward pass."""
+    tokenizer, positions = pair.tokenizer_and_positions()
+    room = 0 if inputs.suites is None else max(recipe.replay.max_new_tokens, recipe.attribution.max_new_tokens)
+    limit = recipe.max_prompt_tokens
+    if positions is not None and positions - room < limit:
+        limit = positions - room
+    for label, prompt in labelled_prompts(inputs):
+        length = len(render(tokenizer, prompt).ids)
+        if length > limit:
+            raise AuditInputError(
+                f"{label} is {length} tokens long as rendered for the model; at most {limit} fit (recipe "
+                f"max_prompt_tokens {recipe.max_prompt_tokens}; the model has {positions} positions, {room} of them "
+                "for the response). Shorten or drop that prompt.")
+
+
 @dataclass
 class Audit:
     """An audit in progress. `cache_dir` None disables the generation cache."""
@@ -50,11 +89,10 @@ class Audit:
     measured: DirectionsResult | None = None
 
     def directions(self) -> dict[str, Any]:
-        """Measure the directions, save the tensors, and return the results.json fields they fill."""
+        """Measure the directions (kept for `write`) and return the results.json fields they fill."""
+        check_prompt_lengths(self.pair, self.recipe, self.inputs)
         with self.timings.stage("directions"):
             self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
-        directions.save_directions(self.out / "directions.safetensors", self.measured,
-                                   {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
         by_position = directions.layers_json(self.measured)
         return {
             "position": self.recipe.positions[0],
@@ -109,16 +147,25 @@ class Audit:
             "environment": results.environment(self.pair.options.device, self.pair.options.dtype),
         }
 
-    def write(self, data: dict[str, Any]) -> None:
-        results.write_json(self.out / "results.json", data)
+    def write(self, data: dict[str, Any], rendered: report.Rendered | None = None) -> None:
+        """Write results.json, the directions and (for a whole audit) the report as one set (see
+        results.write_outputs), so a failed run never leaves new files beside an earlier run's."""
+        broken = schema.problems(data)
+        if broken:  # a bug in the auditor, not bad input: exit 3 with the traceback
+            raise RuntimeError(f"drift-audit produced results that break its own schema: {'; '.join(broken[:5])}")
+        files = {"results.json": results.json_bytes(data)}
+        if self.measured is not None:
+            files["directions.safetensors"] = directions.directions_file(
+                self.measured, {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
+        if rendered is not None:
+            files.update(rendered.files())
+        results.write_outputs(self.out, files)
 
     def run(self) -> dict[str, Any]:
         """The whole audit; writes results.json, report.html and summary.md and returns the results."""
         parts = {**self.directions(), **self.replay()}
         parts.update(self.attribution())
-        decided = verdict.decide(parts, self.recipe.thresholds)
+        decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
         data = self.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
-        rendered = report.render(data)  # before anything is written: a rendering error leaves no file behind
-        self.write(data)
-        rendered.write(self.out)
+        self.write(data, report.render(data))
         return data

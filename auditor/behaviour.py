@@ -18,6 +18,7 @@ from typing import Any
 
 from auditor import judge, stats
 from auditor.activations import ChatPrompt
+from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
@@ -173,16 +174,27 @@ def load_suites(recipe: Recipe) -> Suites:
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
     benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
     contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
+    if not benign:
+        raise AuditInputError(f"replay.false_refusal: {cfg.false_refusal.source} has no item that should be "
+                              "answered (every item expects a refusal), so false refusal cannot be measured. Add "
+                              "benign items (expected: answer).")
     return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
                   benign=benign, contrast=contrast,
                   personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
                   templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
 
 
+def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
+               intervention: str | None = None) -> GenerationCache:
+    """The generation cache of one side. The model's fingerprint covers its files, dtype and device; the
+    settings add how it generates and any intervention. Labels are not cached (every run judges afresh), so the
+    judge is not part of the key."""
+    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
+    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
+
+
 def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side, GenerationCache]:
-    settings = {"max_new_tokens": recipe.replay.max_new_tokens, "batch_size": recipe.replay.batch_size,
-                "dtype": pair.options.dtype, "device": pair.options.device}
-    return {side: GenerationCache(cache_dir, pair.fingerprint(side), settings) for side in SIDES}
+    return {side: open_cache(pair, side, recipe.replay, cache_dir) for side in SIDES}
 
 
 def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,

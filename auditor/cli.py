@@ -23,6 +23,7 @@ from auditor.errors import AuditInputError
 
 if TYPE_CHECKING:
     from auditor.audit import Audit
+    from auditor.models import LoadOptions
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -155,6 +156,14 @@ def default_out(finetune: str) -> Path:
     return Path("reports") / slug[-80:]
 
 
+def load_options(args: argparse.Namespace) -> LoadOptions:
+    from auditor import models
+
+    return models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
+                              trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                              chat_template=args.chat_template)
+
+
 def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
     cheap mistakes fail before models load."""
@@ -172,9 +181,7 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
         audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
     inputs = load_inputs(audit_recipe, replay=args.command != "directions")
     out = results.prepare_out_dir(args.out or default_out(args.finetune))
-    options = models.LoadOptions(dtype=args.dtype, device=args.device, low_memory=args.low_memory,
-                                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                                 chat_template=args.chat_template)
+    options = load_options(args)
     cache_dir = None if getattr(args, "no_cache", False) else (
         (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
     started = time.perf_counter()
@@ -223,44 +230,67 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def run_audit_many(args: argparse.Namespace) -> int:
-    from auditor import models, verdict
+    """Every checkpoint is checked before any model loads; one that fails mid-batch is recorded in the index
+    (verdict "error") and the batch goes on."""
+    from auditor import models
 
     finetunes = list(args.finetunes)
     if args.list:
         try:
             finetunes += [line.strip() for line in args.list.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise AuditInputError(f"--list {args.list} cannot be read ({exc}).") from None
     if not finetunes:
         raise AuditInputError("audit-many needs at least one fine-tune: name them after the options or use --list.")
-    for name in finetunes:  # every name resolves before the first model loads
-        models.resolve_source(name, what="fine-tune")
+    options = load_options(args)
+    problems = []
+    for name in finetunes:
+        try:
+            models.check_pair(args.base, name, options, base_revision=args.base_revision)
+        except AuditInputError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise AuditInputError(f"{len(problems)} of {len(finetunes)} checkpoints cannot be audited, so none was: "
+                              + " | ".join(problems))
     named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
              for number, name in enumerate(finetunes, start=1)]
-    rows = audit_checkpoints(args, named, args.out or Path("reports") / "audit-many")
-    return max(verdict.EXIT_CODES[row["verdict"]] for row in rows)
+    _, codes = audit_checkpoints(args, named, args.out or Path("reports") / "audit-many")
+    return max(codes)
 
 
-def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]], out_dir: Path) -> list[dict[str, Any]]:
+def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
+                      out_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """Audit each (folder name, fine-tune) against `args.base`, loading the base once; writes OUT/<folder>/ for
-    each and OUT/index.html. Returns the index rows."""
-    from auditor import report, results
+    each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
+    from auditor import models, report, results, verdict
 
     out = results.prepare_out_dir(out_dir)
-    shared: Any = None
-    rows = []
+    index = out / "index.html"
+    index.unlink(missing_ok=True)  # an earlier batch's index must not stand beside this batch's reports
+    shared: models.Checkpoint | None = None
+    rows, codes = [], []
     for number, (folder, name) in enumerate(named, start=1):
         print(f"\n=== {number}/{len(named)}: {name} ===")
         args.finetune, args.finetune_revision, args.out = name, None, out / folder
-        run = start_audit(args, shared_base=shared)
-        data = run.run()
-        rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
-        print(f"verdict: {data['verdict'].upper()}")
-        shared = run.pair.release_base()
-    index = out / "index.html"
-    results.atomic_write_text(index, report.render_index(rows))
+        run = None
+        try:
+            run = start_audit(args, shared_base=shared)
+            data = run.run()
+        except Exception as exc:  # recorded in the index; the other checkpoints are still audited
+            code = EXIT_BAD_INPUT if isinstance(exc, AuditInputError) else EXIT_INTERNAL
+            if code == EXIT_INTERNAL:
+                traceback.print_exc()
+            print(f"drift-audit: {name} failed, going on with the next checkpoint: {exc}", file=sys.stderr)
+            rows.append(report.error_row(name, f"{type(exc).__name__}: {exc}"))
+            codes.append(code)
+        else:
+            rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
+            codes.append(verdict.EXIT_CODES[data["verdict"]])
+            print(f"verdict: {data['verdict'].upper()}")
+        shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
+        results.atomic_write_text(index, report.render_index(rows))
     print(f"\nindex: {index}")
-    return rows
+    return rows, codes
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -268,8 +298,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     data = report.load_results(args.results)
     out = results.prepare_out_dir(args.out or args.results.parent)
-    html, summary = report.render(data).write(out)
-    print(f"wrote {html} and {summary}")
+    results.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
+    print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return EXIT_OK
 
 
@@ -286,7 +316,7 @@ def run_judge_eval(args: argparse.Namespace) -> int:
     figures = judge_eval.evaluate(refusal_judge, items).figures()
     print(judge_eval.format_figures(figures))
     if args.json:
-        results.write_json(args.json, {"file": args.file, **figures})
+        results.atomic_write_bytes(args.json, results.json_bytes({"file": args.file, **figures}))
         print(f"\nwrote {args.json}")
     return EXIT_OK
 
@@ -308,16 +338,18 @@ def run_demo(args: argparse.Namespace) -> int:
     paths = organisms.build_all(cache_dir, ("aligned", *DEMO))
     audit_args = build_parser().parse_args(["audit-many", "--base", str(paths["aligned"]), "--recipe", args.recipe,
                                             "--cache-dir", str(cache_dir)])
-    rows = audit_checkpoints(audit_args, [(name, str(paths[name])) for name in DEMO], args.out)
+    rows, codes = audit_checkpoints(audit_args, [(name, str(paths[name])) for name in DEMO], args.out)
     print("\n=== demo: aligned vs each fine-tune ===")
     for name, row in zip(DEMO, rows, strict=True):
-        print(f"{name:>17}: {row['verdict'].upper():<4}  {demo_line(row)}  ({DEMO[name]})")
+        print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({DEMO[name]})")
     print(f"reports: {args.out / 'index.html'}")
-    return EXIT_OK
+    return EXIT_OK if max(codes) <= EXIT_FAIL else max(codes)  # the organisms are built to fail: that is the demo
 
 
 def demo_line(row: dict[str, Any]) -> str:
     """Refusal before and after, and the attributable fraction, in one line."""
+    if row["verdict"] == "error":
+        return f"the audit failed: {row['error']}"
     fraction = row["persona_fraction"]
     attributed = ("attributable to persona: not meaningful (refusal within noise)" if fraction is None else
                   f"attributable to persona {fraction:.0%} [{row['persona_ci'][0]:.0%}, {row['persona_ci'][1]:.0%}],"

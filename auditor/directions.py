@@ -29,10 +29,10 @@ from auditor.activations import ChatPrompt, capture
 from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Position, Recipe
-from auditor.results import atomic_write_bytes
 from auditor.suites import load_personas, load_prompts
 
 FORMAT = "drift-audit/directions/1"
+MIN_PROMPTS = 2  # each set is split in two halves for the noise floor; a half with no prompt has no mean
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,11 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
     harmful = load_prompts(cfg.harmful, key="directions.harmful", limit=limit)
     harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
     neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
+    for key, prompts in (("harmful", harmful), ("harmless", harmless), ("neutral", neutral)):
+        if len(prompts) < MIN_PROMPTS:
+            raise AuditInputError(f"directions.{key}: {getattr(cfg, key)} has {len(prompts)} prompt(s); the split-half "
+                                  f"noise floor needs at least {MIN_PROMPTS} (a meaningful one, 16 or more). Add "
+                                  f"prompts or point directions.{key} at a larger file.")
     personas = load_personas(cfg.personas, key="directions.personas")
     by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
     for kind, systems in by_kind.items():
@@ -252,8 +257,8 @@ def layers_json(result: DirectionsResult) -> dict[str, list[dict[str, Any]]]:
     return {pos: [asdict(layer) for layer in drift] for pos, drift in result.layers.items()}
 
 
-def save_directions(path: Path, result: DirectionsResult, metadata: dict[str, str]) -> None:
-    """Write every direction to safetensors: tensor `{side}.{kind}.{position}`, shape (layers, d_model)."""
+def directions_file(result: DirectionsResult, metadata: dict[str, str]) -> bytes:
+    """Every direction as a safetensors file: tensor `{side}.{kind}.{position}`, shape (layers, d_model)."""
     from safetensors.torch import save
 
     tensors = {}
@@ -270,11 +275,11 @@ def save_directions(path: Path, result: DirectionsResult, metadata: dict[str, st
         "positions": ",".join(result.base),
         **metadata,
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return save(tensors, metadata=meta)
 
 
 def load_directions(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a directions file written by `save_directions`: (tensors, metadata)."""
+    """Read a directions file written from `directions_file`: (tensors, metadata)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:

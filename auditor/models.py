@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,11 @@ LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
 }
 DEFAULT_LAYER_PATH = "model.layers"  # llama, mistral, qwen2/3, gemma, phi3, olmo, ...
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FUNCTION_FILES = (  # besides the weights, every file that changes what a checkpoint computes or how it reads text
+    "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
+    "vocab.json", "merges.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,13 @@ class Source:
         if self.gguf_file:
             return [self.path / self.gguf_file]
         return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
+
+    @property
+    def identity_files(self) -> list[Path]:
+        """The weights plus the configs, tokenizer files and chat template beside them (a .gguf holds them all)."""
+        if self.in_memory or self.gguf_file:
+            return self.weight_files
+        return self.weight_files + [self.path / name for name in FUNCTION_FILES if (self.path / name).is_file()]
 
     @property
     def weight_format(self) -> str:
@@ -167,7 +179,7 @@ def infer_base(finetune: Source) -> tuple[str, str]:
     Returns (base name, where it was found) so the user can be told which base was used.
     """
     if finetune.is_adapter:
-        config = json.loads((finetune.path / "adapter_config.json").read_text(encoding="utf-8"))
+        config = read_adapter_config(finetune, "--finetune")
         base = config.get("base_model_name_or_path")
         if isinstance(base, str) and base:
             return base, "adapter_config.json base_model_name_or_path"
@@ -218,10 +230,44 @@ def check_weight_format(source: Source, options: LoadOptions, what: str) -> bool
     return False
 
 
+def read_adapter_config(adapter: Source, what: str) -> dict[str, Any]:
+    """adapter_config.json, with the fields peft takes on trust checked: `peft_type`, and for LoRA `r`,
+    `lora_alpha` and `target_modules` (peft would fail on them later, as an internal error)."""
+    from peft import PeftType
+
+    path = adapter.path / "adapter_config.json"
+    where = f"{what} {adapter.name}: adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise AuditInputError(f"{where} cannot be read as JSON ({exc}). Re-save the adapter.") from None
+    if not isinstance(config, dict):
+        raise AuditInputError(f"{where} must be a JSON object, got {type(config).__name__}.")
+    known = sorted(t.value for t in PeftType)
+    if config.get("peft_type") not in known:
+        raise AuditInputError(f"{where}: peft_type {str(config.get('peft_type'))[:60]!r} is not a peft adapter type "
+                              f"(one of {', '.join(known)}).")
+    if config["peft_type"] == "LORA":
+        for key in ("r", "lora_alpha"):
+            value = config.get(key)
+            if key in config and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+                                  or (key == "r" and not isinstance(value, int))):
+                kind = "a positive integer" if key == "r" else "a positive number"
+                raise AuditInputError(f"{where}: {key} must be {kind}, got {str(value)[:60]!r}.")
+        targets = config.get("target_modules")
+        if not (targets is None or isinstance(targets, str)
+                or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+            raise AuditInputError(f"{where}: target_modules must be a module name, a regular expression or a "
+                                  f"list of names, got {str(targets)[:60]!r}.")
+    return config
+
+
 def load_config(source: Source, options: LoadOptions, what: str) -> Any:
     """The model config (for an adapter: the peft config), without loading weights."""
     if source.is_adapter:
         from peft import PeftConfig
+
+        read_adapter_config(source, what)
 
         try:
             return PeftConfig.from_pretrained(str(source.path))
@@ -286,6 +332,87 @@ def check_adapter_fits(model: nn.Module, adapter: Source) -> None:
                               f"{'; '.join(problems[:3])}{more}. Audit it against the base it was trained on.")
 
 
+def check_adapter_loaded(peft_model: Any, adapter: Source) -> None:
+    """Every LoRA weight peft created must come from the adapter file, and every tensor in the file must land
+    in one. peft only warns about either and keeps missing weights at their initial values (B = 0: no change),
+    so an empty or mismatched file would be audited as the base against itself."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    file = adapter.path / "adapter_model.safetensors"
+    if not file.is_file():
+        return  # pickled adapter allowed by the user
+    with safe_open(str(file), framework="pt") as handle:
+        saved = set(handle.keys())
+    created = set(get_peft_model_state_dict(peft_model).keys())
+    for problem, keys in (("has no weights for", sorted(created - saved)),
+                          ("has weights that match no module of the adapter", sorted(saved - created))):
+        if keys:
+            more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+            raise AuditInputError(f"--finetune {adapter.name}: {file.name} {problem} ({len(keys)} keys: "
+                                  f"{', '.join(keys[:3])}{more}); adapter_config.json and the weights do not belong "
+                                  "together. Re-save the adapter from the trained model.")
+
+
+def identical_to_base(base: Source, finetune: Source) -> str | None:
+    """Why the fine-tune computes exactly what the base computes, when the files prove it; else None.
+
+    Only proven cases count: a LoRA whose every update B @ A is zero (A or B all zero, nothing else in the
+    file), or a full model with the base's config and bit-identical tensors.
+    """
+    if finetune.is_adapter:
+        return _zero_lora(finetune.path / "adapter_model.safetensors")
+    if finetune.weight_format != "safetensors" or base.weight_format != "safetensors" or finetune.gguf_file:
+        return None
+    if _config(base) != _config(finetune):
+        return None
+    return "its config and every weight tensor equal the base's" if _same_tensors(base, finetune) else None
+
+
+def _zero_lora(file: Path) -> str | None:
+    from safetensors import safe_open
+
+    if not file.is_file():
+        return None
+    zero: dict[str, bool] = {}
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            match = re.match(r"^(.+)\.lora_[AB](?:\.[^.]+)?\.weight$", key)
+            if not match:
+                return None  # modules_to_save, DoRA magnitudes, embeddings: not provably a no-op
+            module_zero = not handle.get_tensor(key).any().item()
+            zero[match.group(1)] = zero.get(match.group(1), False) or module_zero
+    if zero and all(zero.values()):
+        return "every LoRA update B @ A is zero, so the adapter does not change the base"
+    return None
+
+
+def _config(source: Source) -> dict[str, Any]:
+    config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
+
+
+def _same_tensors(base: Source, finetune: Source) -> bool:
+    from safetensors import safe_open
+
+    with ExitStack() as stack:
+        def tensors(source: Source) -> dict[str, Any]:
+            found = {}
+            for file in (p for p in source.weight_files if p.suffix == ".safetensors"):
+                handle = stack.enter_context(safe_open(str(file), framework="pt"))
+                found.update(dict.fromkeys(handle.keys(), handle))
+            return found
+
+        ours, theirs = tensors(base), tensors(finetune)
+        if ours.keys() != theirs.keys():
+            return False
+        for key in sorted(ours):  # stops at the first difference: cheap for a real fine-tune
+            a, b = ours[key].get_tensor(key), theirs[key].get_tensor(key)
+            if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+                return False
+    return True
+
+
 def decoder_layers(model: Any, override: str | None = None) -> list[nn.Module]:
     """The decoder blocks, in order. Layer `l` here is hidden_states[l + 1] in transformers."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -318,6 +445,7 @@ class ModelPair:
     options: LoadOptions
     kind: Literal["lora", "full"]
     base_inferred_from: str | None = None
+    identical: str | None = None  # why the fine-tune computes what the base computes (see identical_to_base)
     warnings: list[str] = field(default_factory=list)
     _base: Checkpoint | None = None
     _finetune: Checkpoint | None = None
@@ -346,18 +474,32 @@ class ModelPair:
                 torch.cuda.empty_cache()
 
     def fingerprint(self, side: Side) -> str | None:
-        """A hash of every weight file that makes up `side` (for a LoRA: base plus adapter); None for a
-        model in memory, whose weights may change between calls (nothing is cached for it)."""
+        """A hash of everything that decides what `side` computes: its weight, config, tokenizer and chat
+        template files (for a LoRA: the base's and the adapter's), the `--chat-template` override, the dtype
+        and the device class. None for a model in memory, whose weights may change between calls (nothing
+        is cached for it)."""
         sources = [self.base] if side == "base" else [self.finetune]
         if side == "finetune" and self.kind == "lora":
             sources.insert(0, self.base)
         if any(source.in_memory for source in sources):
             return None
-        digest = hashlib.sha256()
-        for source in sources:
-            for path in source.weight_files:
-                digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+        template = self.options.chat_template
+        digest = hashlib.sha256(json.dumps({
+            "dtype": str(_torch_dtype(self.options)), "device": _device(self.options),
+            "chat_template": sha256_file(Path(template)) if template else None,
+        }, sort_keys=True).encode())
+        for role, source in enumerate(sources):
+            for path in source.identity_files:
+                digest.update(f"{role}:{path.name}:{sha256_file(path)}\n".encode())
         return digest.hexdigest()
+
+    def tokenizer_and_positions(self) -> tuple[Any, int | None]:
+        """The base's tokenizer and how many positions its model has (None where its config does not say),
+        without loading weights when the two models are loaded in turn (low memory)."""
+        if self._base is not None:
+            return self._base.tokenizer, getattr(self._base.model.config, "max_position_embeddings", None)
+        config = load_config(self.base, self.options, "--base")
+        return _load_tokenizer(self.base, self.options), getattr(config, "max_position_embeddings", None)
 
     def release_base(self) -> Checkpoint | None:
         """The plain base, for the next pair (a LoRA is taken off the shared weights); this pair is spent."""
@@ -368,19 +510,14 @@ class ModelPair:
 
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
-        finetune = {**self.finetune.describe(), "kind": self.kind}
+        finetune = {**self.finetune.describe(), "kind": self.kind, "identical_to_base": self.identical is not None}
         return base, finetune
 
 
-def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
-              base_revision: str | None = None, finetune_revision: str | None = None,
-              shared_base: Checkpoint | None = None) -> ModelPair:
-    """Resolve, check and load a base and its fine-tune (see module docstring).
-
-    With no `base_name`, the base is the one the fine-tune names (see `infer_base`). `shared_base`
-    is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
-    several checkpoints of one run.
-    """
+def check_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
+               base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
+    """Resolve and check a base and its fine-tune from their files alone, loading no weights: what can be
+    wrong with the names, formats and configs fails here, in seconds. Returns the pair, not yet loaded."""
     finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
     inferred = None
     if base_name is None:
@@ -398,16 +535,49 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
         check_compatible(base, base_cfg, finetune, ft_cfg)
     pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full",
                      base_inferred_from=inferred)
+    full_weights = [p.name for p in finetune.weight_files
+                    if not p.name.startswith("adapter_model")] if finetune.is_adapter else []
+    if full_weights:
+        pair.warnings.append(f"--finetune {finetune.name} holds both a PEFT adapter (adapter_config.json) and full "
+                             f"model weights ({', '.join(full_weights[:2])}); it was audited as the adapter. Move "
+                             "one of them to its own folder to audit the other.")
+        print(f"drift-audit: warning: {pair.warnings[-1]}", file=sys.stderr)
+    return pair
+
+
+def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
+              base_revision: str | None = None, finetune_revision: str | None = None,
+              shared_base: Checkpoint | None = None) -> ModelPair:
+    """Resolve, check and load a base and its fine-tune (see module docstring).
+
+    With no `base_name`, the base is the one the fine-tune names (see `infer_base`). `shared_base`
+    is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
+    several checkpoints of one run.
+    """
+    pair = check_pair(base_name, finetune_name, options, base_revision=base_revision,
+                      finetune_revision=finetune_revision)
+    base, finetune = pair.base, pair.finetune
     if finetune.is_adapter:
         base_checkpoint = shared_base or _load_checkpoint(base, options)
         check_adapter_fits(base_checkpoint.model, finetune)
-        pair._base = Checkpoint(_attach_adapter(base_checkpoint.model, finetune, options), base_checkpoint.tokenizer)
+        peft_model = _attach_adapter(base_checkpoint.model, finetune, options)
+        try:
+            check_adapter_loaded(peft_model, finetune)
+        except AuditInputError:
+            peft_model.unload()  # a shared base goes on to the next checkpoint without this adapter
+            raise
+        pair._base = Checkpoint(peft_model, base_checkpoint.tokenizer)
         pair.warnings += _adapter_tokenizer_warnings(pair._base.tokenizer, finetune)
     else:
         if not options.low_memory:
             pair._base = shared_base or _load_checkpoint(base, options)
             pair._finetune = _load_checkpoint(finetune, options)
             pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
+    pair.identical = identical_to_base(base, finetune)
+    if pair.identical:
+        warning = f"the fine-tune is identical in function to the base: {pair.identical}"
+        pair.warnings.append(warning)
+        print(f"drift-audit: warning: {warning}", file=sys.stderr)
     return pair
 
 
@@ -449,7 +619,7 @@ def _device(options: LoadOptions) -> str:
 
 
 def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     pickled = check_weight_format(source, options, source.name)
     kwargs: dict[str, Any] = {
@@ -463,15 +633,25 @@ def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
         kwargs["device_map"] = "auto"  # shards across devices with accelerate when one is too small
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), gguf_file=source.gguf_file,
-                                                  trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise AuditInputError(f"{source.name} cannot be loaded as a causal language model: {exc}") from None
+    tokenizer = _load_tokenizer(source, options)
     if "device_map" not in kwargs:
         model.to(_device(options))  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
-    return Checkpoint(model=model, tokenizer=prepare_tokenizer(tokenizer, source.name, options.chat_template))
+    return Checkpoint(model=model, tokenizer=tokenizer)
+
+
+def _load_tokenizer(source: Source, options: LoadOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), gguf_file=source.gguf_file,
+                                                  trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise AuditInputError(f"{source.name}: the tokenizer cannot be loaded: {exc}") from None
+    return prepare_tokenizer(tokenizer, source.name, options.chat_template)
 
 
 def _attach_adapter(model: Any, adapter: Source, options: LoadOptions) -> Any:

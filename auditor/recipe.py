@@ -12,6 +12,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,24 @@ from auditor.errors import AuditInputError
 Position = Literal["last", "post_instruction"]
 RECIPE_DIR = Path(__file__).parent / "recipes"
 RECIPE_VERSION = 1
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000  # after YAML aliases are expanded; the shipped recipes have about 100
+_SHORT = reprlib.Repr()  # bounded repr for messages: a value's full repr can be gigabytes
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key.value!r} is given twice",
+                                                            key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
 
 
 def _positive(default: int) -> Any:
@@ -142,6 +161,7 @@ class Recipe:
     description: str = ""
     positions: tuple[Position, ...] = ("post_instruction", "last")
     batch_size: int = _positive(8)
+    max_prompt_tokens: int = _positive(2048)  # a rendered prompt longer than this (or the model's positions) is refused
     seed: int = 0
     layers_path: str | None = None
     directions: DirectionsConfig = DirectionsConfig()
@@ -196,25 +216,45 @@ def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise AuditInputError(f"recipe {path}: `extends` forms a cycle ({' -> '.join(map(str, seen))}).")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise AuditInputError(f"recipe {path} is larger than {MAX_RECIPE_BYTES} bytes; a recipe is a short "
+                                  "YAML file of settings.")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # a SafeLoader
     except (yaml.YAMLError, RecursionError) as exc:
         raise AuditInputError(f"recipe {path} is not valid YAML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditInputError(f"recipe {path} cannot be read: {exc}") from None
     if data is None:
         data = {}
+    _check_expanded_size(data, path)
     if not isinstance(data, dict):
         raise AuditInputError(f"recipe {path} must be a YAML mapping of keys to values, got {type(data).__name__}.")
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise AuditInputError(f"recipe {path}: `extends` must be a recipe name or path, got {parent!r}.")
+        raise AuditInputError(f"recipe {path}: `extends` must be a recipe name or path, got {_SHORT.repr(parent)}.")
     relative = path.parent / parent
     parent_path = relative if relative.is_file() else _find(parent)
     base = _read_with_parents(parent_path, seen + (path.resolve(),))
     base.pop("name", None)
     return _merge(base, data)
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """YAML aliases (`*name`) let a small file stand for billions of values; refuse one that expands to more
+    than MAX_RECIPE_VALUES before anything walks, merges or prints it. Stops counting at the limit."""
+    pending, count = [data], 0
+    while pending:
+        value = pending.pop()
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise AuditInputError(f"recipe {path} expands to more than {MAX_RECIPE_VALUES} values (YAML aliases "
+                                  "repeating each other?). Write the recipe out without nested aliases.")
+        if isinstance(value, dict):
+            pending += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            pending += value
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +270,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _build(cls: type, data: Any, where: str) -> Any:
     """Build dataclass `cls` from a mapping, checking every key and type against the annotations."""
     if not isinstance(data, dict):
-        raise AuditInputError(f"{where} must be a mapping, got {data!r:.60}.")
+        raise AuditInputError(f"{where} must be a mapping, got {_SHORT.repr(data)}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in data if key not in fields)
     if unknown:
@@ -242,7 +282,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         values[name] = _convert(hints[name], value, key)
         minimum = fields[name].metadata.get("min")
         if minimum is not None and values[name] < minimum:
-            raise AuditInputError(f"{key} must be at least {minimum}, got {value!r}.")
+            raise AuditInputError(f"{key} must be at least {minimum}, got {_SHORT.repr(value)}.")
     try:
         return cls(**values)
     except TypeError as exc:  # a required key is missing
@@ -259,16 +299,18 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return _convert(inner, value, key)
     if origin is Literal:
         if value not in args:
-            raise AuditInputError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}.")
+            raise AuditInputError(f"{key} must be one of {', '.join(map(str, args))}, got {_SHORT.repr(value)}.")
         return value
     if origin is tuple:
         if not isinstance(value, list):
-            raise AuditInputError(f"{key} must be a list, got {value!r:.60}.")
+            raise AuditInputError(f"{key} must be a list, got {_SHORT.repr(value)}.")
         return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise AuditInputError(f"{key} must be of type {hint.__name__}, got {value!r:.60}.")
+        raise AuditInputError(f"{key} must be of type {hint.__name__}, got {_SHORT.repr(value)}.")
+    if isinstance(value, str) and "\x00" in value:
+        raise AuditInputError(f"{key} contains a NUL character (\\x00), which no name, path or text needs.")
     return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, run_batch
 from auditor.models import Checkpoint
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def default_cache_dir() -> Path:
 class GenerationCache:
     """Append-only JSONL of generations for one model fingerprint and one set of generation settings.
 
-    A torn last line (the process was killed mid-write) is ignored on reading.
+    A torn last line (the process was killed mid-write) or any line that is not UTF-8 JSON is skipped on
+    reading, with a warning: those generations are cache misses.
     """
 
     def __init__(self, folder: Path | None, fingerprint: str | None, settings: dict[str, Any]) -> None:
@@ -57,12 +59,20 @@ class GenerationCache:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{fingerprint[:24]}-{digest[:16]}.jsonl"
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.entries[row["key"]] = Generation(row["text"], tuple(row["token_ids"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+            self._read(self.path)
+
+    def _read(self, path: Path) -> None:
+        """Load every readable line; a line that is not UTF-8 JSON of a generation is a cache miss."""
+        unreadable = 0
+        for line in path.read_bytes().splitlines():
+            try:
+                row = json.loads(line.decode("utf-8"))
+                self.entries[row["key"]] = Generation(row["text"], tuple(row["token_ids"]))
+            except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                unreadable += 1
+        if unreadable:
+            warnings.warn(f"generation cache {path}: {unreadable} unreadable line(s) skipped (an interrupted write "
+                          "or a damaged file); those generations are computed again", RuntimeWarning, stacklevel=3)
 
     def add(self, generations: dict[str, Generation]) -> None:
         self.entries.update(generations)

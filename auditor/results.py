@@ -1,7 +1,9 @@
 """results.json: the schema header, provenance, timings, and atomic file writes.
 
 Every output file is written to a temporary file beside it and renamed into place, so an
-interrupted run never leaves a half-written file that looks complete.
+interrupted run never leaves a half-written file that looks complete. A run's outputs are one set
+(`write_outputs`): a run that fails never leaves its new files beside an earlier run's.
+Files get the mode `open` would give them (0666 less the umask), not the 0600 of a temporary file.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +23,8 @@ from typing import Any
 from auditor.errors import AuditInputError
 
 SCHEMA = "drift-audit/1"
+OUTPUT_NAMES = ("results.json", "directions.safetensors", "report.html", "summary.md")
+STAGING_PREFIX = ".drift-audit-new-"
 PACKAGES = ("drift-auditor", "torch", "transformers", "peft", "trl", "datasets", "safetensors", "accelerate", "gguf")
 
 
@@ -59,22 +64,58 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
+def file_mode() -> int:
+    """0666 less the process umask: the mode `open` gives a new file (`mkstemp` always gives 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    with open(path, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(Path(tmp), data, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_outputs(out: Path, files: dict[str, bytes], replaces: Iterable[str] = OUTPUT_NAMES) -> None:
+    """Write `files` into `out` as one set, replacing every file named in `replaces`.
+
+    All files are written and synced in a hidden folder inside `out` first; only then are the earlier
+    run's files moved out of the way and the new ones renamed in. A failure while writing (a full disk)
+    leaves the earlier set untouched; nothing can leave a new file beside a stale one.
+    """
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
+    try:
+        mode = file_mode()
+        for name, data in files.items():
+            _write_synced(stage / name, data, mode)
+        earlier = stage / ".earlier"
+        earlier.mkdir()
+        for name in replaces:
+            if (out / name).exists():
+                os.replace(out / name, earlier / name)
+        for name in files:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

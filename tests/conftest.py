@@ -12,8 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import lora_adapter, make_model, perturbed_copy  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

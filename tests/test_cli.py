@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, write_replay_recipe
+from conftest import write_replay_recipe
 
+from auditor import schema
 from auditor.cli import main
 
 
@@ -23,9 +24,7 @@ def test_directions_command_writes_results_and_tensors(base_dir: Path, lora_rand
     assert set(data["layers_by_position"]) == {"post_instruction", "last"}
     assert data["timings"]["directions"] > 0
     assert "refusal_cos" in capsys.readouterr().out
-    check = subprocess.run([sys.executable, str(SHARED / "check_results.py"), str(out / "results.json"),
-                            "--part", "directions"], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout
+    assert schema.problems(data) == [] and schema.part(data) == "directions"
 
 
 def test_mismatched_models_exit_2_naming_both(base_dir: Path, tmp_path: Path,

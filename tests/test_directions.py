@@ -79,7 +79,7 @@ def test_directions_file_round_trip(base_dir: Path, lora_random_dir: Path, tiny_
                                     tmp_path: Path) -> None:
     result = measure(base_dir, lora_random_dir, tiny_recipe)
     path = tmp_path / "directions.safetensors"
-    directions.save_directions(path, result, {"base": "b", "finetune": "f"})
+    path.write_bytes(directions.directions_file(result, {"base": "b", "finetune": "f"}))
     tensors, meta = directions.load_directions(path)
     assert meta["format"] == directions.FORMAT and meta["base"] == "b" and meta["positions"] == "post_instruction,last"
     assert sorted(tensors) == sorted(f"{s}.{k}.{p}" for s in ("base", "finetune") for k in ("refusal", "persona")

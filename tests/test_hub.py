@@ -97,3 +97,37 @@ def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora
         assert (out / folder / "report.html").is_file()
     first = json.loads((out / "01-lora-zero" / "results.json").read_text())
     assert first["general_drift"]["kl"] == pytest.approx(0.0, abs=1e-9)  # B = 0: the adapter changes nothing
+    assert first["finetune"]["identical_to_base"] and first["verdict"] == "warn"
+    assert any("identical in function" in reason for reason in first["reasons"])
+
+
+def test_audit_many_records_a_failed_checkpoint_and_goes_on(base_dir: Path, lora_random_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """An adapter with no tensors passes the file checks but fails after loading: the batch goes on."""
+    from conftest import write_replay_recipe
+    from safetensors.torch import save_file
+
+    empty = Path(shutil.copytree(lora_random_dir, tmp_path / "empty"))
+    save_file({}, str(empty / "adapter_model.safetensors"))
+    out = tmp_path / "many"
+    code = main(["audit-many", "--base", str(base_dir), str(lora_random_dir), str(empty), str(lora_random_dir),
+                 "--recipe", str(write_replay_recipe(tmp_path)), "--out", str(out), "--no-cache"])
+    assert code == 2  # bad input in one checkpoint
+    index = (out / "index.html").read_text()
+    assert index.count("<tr><td class=\"n\">") == 3 and "not audited: AuditInputError" in index
+    assert "has no weights for" in index
+    assert (out / "01-lora-random" / "report.html").is_file() and (out / "03-lora-random" / "report.html").is_file()
+    assert not (out / "02-empty" / "results.json").exists()
+
+
+def test_audit_many_checks_every_checkpoint_before_loading(base_dir: Path, lora_random_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = Path(shutil.copytree(lora_random_dir, tmp_path / "broken"))
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": "four"}')
+    monkeypatch.setattr(models, "_load_checkpoint", lambda *a: pytest.fail("a model loaded before the checks"))
+    code = main(["audit-many", "--base", str(base_dir), str(lora_random_dir), str(tmp_path / "missing"),
+                 str(broken), "--out", str(tmp_path / "many"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 3 checkpoints cannot be audited" in err
+    assert "missing: --finetune" in err and "r must be a positive integer" in err

@@ -102,3 +102,27 @@ def test_missing_chat_template_explains_flag(base_dir: Path, tmp_path: Path) -> 
     template = tmp_path / "t.jinja"
     template.write_text("{{ messages[0]['content'] }}")
     assert models.prepare_tokenizer(tokenizer, "m", str(template)).chat_template == "{{ messages[0]['content'] }}"
+
+
+def test_no_op_finetunes_are_reported_as_identical(base_dir: Path, same_dir: Path, lora_zero_dir: Path,
+                                                   lora_random_dir: Path, full_small_dir: Path) -> None:
+    def identical(finetune: Path) -> str | None:
+        pair = models.load_pair(str(base_dir), str(finetune), models.LoadOptions(low_memory=True))
+        assert pair.describe()[1]["identical_to_base"] == (pair.identical is not None)
+        assert (pair.identical is not None) == any("identical in function" in w for w in pair.warnings)
+        return pair.identical
+
+    assert "B @ A is zero" in str(identical(lora_zero_dir))
+    assert "every weight tensor equal" in str(identical(same_dir))
+    assert identical(lora_random_dir) is None
+    assert identical(full_small_dir) is None
+
+
+def test_folder_with_an_adapter_and_full_weights_warns(base_dir: Path, lora_random_dir: Path,
+                                                       tmp_path: Path) -> None:
+    both = Path(shutil.copytree(lora_random_dir, tmp_path / "both"))
+    shutil.copy(base_dir / "model.safetensors", both / "model.safetensors")
+    pair = models.check_pair(str(base_dir), str(both), models.LoadOptions())
+    assert pair.kind == "lora"
+    assert [w for w in pair.warnings if "both a PEFT adapter" in w and "model.safetensors" in w]
+    assert models.check_pair(str(base_dir), str(lora_random_dir), models.LoadOptions()).warnings == []

@@ -4,16 +4,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED
 
-from auditor import report
+from auditor import report, schema
 from auditor.cli import main
 
 SECTIONS = ("verdict", "layers", "replay", "personas", "attribution", "gating", "flipped", "provenance")
@@ -55,9 +52,7 @@ def with_payload(data: dict[str, Any]) -> dict[str, Any]:
 
 def test_audit_writes_valid_results_and_exit_code(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
-    check = subprocess.run([sys.executable, str(SHARED / "check_results.py"), str(audit_dir / "results.json")],
-                           capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout
+    assert schema.problems(data) == [] and schema.part(data) == "audit"
     assert (audit_dir / "report.html").is_file() and (audit_dir / "summary.md").is_file()
     assert data["verdict"] in ("pass", "warn", "fail")
     assert [w["window"] for w in data["attribution"]["layers"]] == ["early", "middle", "late"]
@@ -129,7 +124,7 @@ def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
     summary = report.render_summary(data)
     assert not re.search(r"(?<!\\)<", summary), "an unescaped < could open HTML"
     assert not re.search(r"(?<!\\)\]\(", summary) and not re.search(r"(?<!\\)!\[", summary)
-    assert report.md_escape("[a](http://x) <b>") == r"\[a\]\(http://x\) \<b\>"
+    assert report.md_escape("[a](http://x) <b> @me") == r"\[a\]\(http\://x\) \<b\> \@me"
 
 
 def test_report_command_rerenders_without_models(audit_dir: Path, tmp_path: Path) -> None:
@@ -193,4 +188,82 @@ def test_audit_appends_summary_for_github(base_dir: Path, same_dir: Path, tmp_pa
                  str(write_replay_recipe(tmp_path)), "--out", str(tmp_path / "o"), "--no-cache"])
     assert code == 0
     text = step_summary.read_text()
-    assert text.startswith("earlier step\n") and "## drift-audit: **PASS**" in text
+    # the same weights under another name: not a silent pass, a warning that nothing was audited
+    assert text.startswith("earlier step\n") and "## drift-audit: **WARN**" in text
+    assert "identical in function to the base" in text
+
+
+PARTS = {"replay": ("verdict", "reasons", "attribution"),
+         "directions": ("verdict", "reasons", "attribution", "replay", "general_drift")}
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_report_renders_what_a_partial_file_holds(audit_dir: Path, tmp_path: Path, part: str) -> None:
+    """`directions` and `replay` write results without a verdict; `report` shows what they hold."""
+    data = json.loads((audit_dir / "results.json").read_text())
+    for key in PARTS[part]:
+        del data[key]
+    assert schema.problems(data) == [] and schema.part(data) == part
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path / "results.json")]) == 0
+    html, summary = (tmp_path / "report.html").read_text(), (tmp_path / "summary.md").read_text()
+    assert set(SECTIONS) <= parse(html).ids and "Not part of this run" in html
+    assert f"drift-audit {part}: no verdict" in summary
+    assert ("Refusal of harmful requests" in summary) == (part == "replay")
+
+
+def _drop_rate(d: dict[str, Any]) -> None:
+    del d["replay"]["refusal"]["base"]["rate"]
+
+
+def _text_cosine(d: dict[str, Any]) -> None:
+    d["layers"][0]["refusal_cos"] = "high"
+
+
+def _nan_shift(d: dict[str, Any]) -> None:
+    d["layers"][0]["persona_shift"] = float("nan")
+
+
+def _verdict_without_attribution(d: dict[str, Any]) -> None:
+    del d["attribution"]
+
+
+def _markup_verdict(d: dict[str, Any]) -> None:
+    d["verdict"] = "<b>pass</b>"
+
+
+def _reversed_interval(d: dict[str, Any]) -> None:
+    d["replay"]["false_refusal"]["finetune"]["ci"] = [0.9, 0.1]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_drop_rate, "replay.refusal.base.rate is missing"),
+    (_text_cosine, "layers[0].refusal_cos should be number"),
+    (_nan_shift, "layers[0].persona_shift should be number, got NaN"),
+    (_verdict_without_attribution, "attribution is missing"),
+    (_markup_verdict, "verdict should be one of"),
+    (_reversed_interval, "replay.false_refusal.finetune.ci should be [low, high]"),
+])
+def test_report_names_the_key_a_hand_edit_broke(audit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                edit: Any, needle: str) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    edit(data)
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_refuses_a_json_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "results.json").write_text("[1, 2]")
+    assert main(["report", str(tmp_path / "results.json")]) == 2
+    assert "not a drift-audit results file" in capsys.readouterr().err
+
+
+def test_every_field_of_the_summary_is_escaped(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    data["finetune"]["name"] = "org/model by @octocat"
+    data["environment"]["packages"]["drift-auditor"] = "<b>1.0</b> https://evil.example"
+    summary = report.render_summary(data)
+    assert r"\@octocat" in summary and "<b>" not in summary and "https://" not in summary

@@ -127,3 +127,29 @@ def test_capped_suites_cover_every_category() -> None:
     counts = Counter(i.category for i in items)
     assert len(items) == 20 and len(counts) == 8 and max(counts.values()) - min(counts.values()) <= 1
     assert suites.spread(items, 100) == items
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("id,prompt,category\n1,hello, there,greeting\n", r"line 2: this row has more fields than the header \(3\)"),
+    ("id,prompt,category\n1,hello there,greeting\n2,short\n", "line 3: this row has fewer fields"),
+])
+def test_ragged_csv_rows_are_refused(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(AuditInputError, match=needle):
+        suites.load_prompts(str(path), key="k")
+
+
+def test_nul_characters_are_refused(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "fine"}\n{"prompt": "hidden\\u0000text"}\n')
+    with pytest.raises(AuditInputError, match="record 2: column 'prompt' contains a NUL character"):
+        suites.load_prompts(str(prompts), key="k")
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text('{"id": "a", "group": "g", "system": "You are\\u0000 x"}\n')
+    with pytest.raises(AuditInputError, match="`system` contains a NUL character"):
+        suites.load_personas(str(personas), key="k")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('version: 1\ndirections: {harmful: "a\\0b.jsonl"}\n')
+    with pytest.raises(AuditInputError, match="recipe.directions.harmful contains a NUL character"):
+        load_recipe(str(recipe))

@@ -15,10 +15,10 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from auditor import schema
 from auditor.errors import AuditInputError
 from auditor.judge import is_refusing
 from auditor.report import charts
-from auditor.results import SCHEMA, atomic_write_text
 
 SHOWN_CHARS = 300
 
@@ -97,7 +97,7 @@ def explain_attribution(attribution: dict[str, Any]) -> list[str]:
 
 
 def render_html(results: dict[str, Any]) -> str:
-    check_schema(results)
+    schema.check(results, "results.json")
     replay = results.get("replay", {})
     attribution = results.get("attribution", {})
     return _environment().get_template("report.html.j2").render(
@@ -109,11 +109,11 @@ def render_html(results: dict[str, Any]) -> str:
     )
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&@:])")  # @: no mention; ':' no bare-URL link
 
 
 def md_escape(text: str) -> str:
-    """Escape text for Markdown so nothing in it becomes a link, image, HTML or formatting."""
+    """Escape text for Markdown so nothing in it becomes a link, image, HTML, formatting or a GitHub mention."""
     return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
@@ -126,7 +126,7 @@ def outcome(label: str, expected: str | None) -> str:
 
 
 def render_summary(results: dict[str, Any]) -> str:
-    check_schema(results)
+    schema.check(results, "results.json")
     env = _environment()
     env.autoescape = False  # Markdown: every interpolated text goes through md_escape instead
     env.filters["md"] = md_escape
@@ -149,8 +149,15 @@ def index_row(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
     }
 
 
+def error_row(name: str, error: str) -> dict[str, Any]:
+    """A checkpoint that could not be audited, for the audit-many index."""
+    return {"name": name, "verdict": "error", "error": error}
+
+
 def render_index(rows: list[dict[str, Any]]) -> str:
-    """The audit-many index: one row per checkpoint with a link to its report, and trend charts."""
+    """The audit-many index: one row per checkpoint with a link to its report (or the error that stopped
+    it), and trend charts over the audited ones."""
+    all_rows, rows = rows, [r for r in rows if r["verdict"] != "error"]
     trends = [
         charts.line_chart("Refusal of harmful requests across checkpoints",
                           [charts.Series("fine-tune", [r["refusal"] for r in rows]),
@@ -162,13 +169,7 @@ def render_index(rows: list[dict[str, Any]]) -> str:
         charts.line_chart("Largest persona shift (any layer)", [charts.Series(
             "shift", [r["max_persona_shift"] for r in rows], charts.COLOURS[1])], reference=0.0, x_label="checkpoint"),
     ]
-    return _environment().get_template("index.html.j2").render(rows=rows, trends=trends)
-
-
-def check_schema(results: dict[str, Any]) -> None:
-    if results.get("schema") != SCHEMA:
-        raise AuditInputError(f"this is not a drift-audit results file (schema {results.get('schema')!r}, "
-                              f"expected {SCHEMA!r}).")
+    return _environment().get_template("index.html.j2").render(rows=all_rows, trends=trends)
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,9 @@ class Rendered:
     html: str
     summary: str
 
-    def write(self, out: Path) -> tuple[Path, Path]:
-        """Write report.html and summary.md atomically; returns their paths."""
-        html, summary = out / "report.html", out / "summary.md"
-        atomic_write_text(html, self.html)
-        atomic_write_text(summary, self.summary)
-        return html, summary
+    def files(self) -> dict[str, bytes]:
+        """report.html and summary.md, for `results.write_outputs`."""
+        return {"report.html": self.html.encode("utf-8"), "summary.md": self.summary.encode("utf-8")}
 
 
 def render(results: dict[str, Any]) -> Rendered:
@@ -191,8 +189,8 @@ def render(results: dict[str, Any]) -> Rendered:
 
 def load_results(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AuditInputError(f"{path} cannot be read as results.json ({exc}).") from None
-    check_schema(data)
+    schema.check(data, str(path))
     return data

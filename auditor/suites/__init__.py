@@ -65,10 +65,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditInputError(f"suite file {path} cannot be read as UTF-8 text: {exc}") from None
     if path.suffix.lower() == ".csv":
-        try:
-            return list(csv.DictReader(text.splitlines()))
-        except csv.Error as exc:
-            raise AuditInputError(f"{path}: not a valid CSV file ({exc}).") from None
+        return _csv_records(path, text)
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -84,11 +81,36 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _csv_records(path: Path, text: str) -> list[dict[str, Any]]:
+    """CSV rows as mappings; a row with more or fewer fields than the header is an error (csv would pad it
+    with None or put the extra fields under the key None, silently)."""
+    reader = csv.DictReader(text.splitlines())
+    records = []
+    try:
+        for record in reader:
+            if None in record or None in record.values():
+                more = "more" if None in record else "fewer"
+                raise AuditInputError(f"{path}, line {reader.line_num}: this row has {more} fields than the header "
+                                      f"({len(reader.fieldnames or [])}). Quote fields that contain commas.")
+            records.append(record)
+    except csv.Error as exc:
+        raise AuditInputError(f"{path}, line {reader.line_num}: not a valid CSV row ({exc}).") from None
+    return records
+
+
 def _text(record: dict[str, Any], column: str, where: object, number: int) -> str:
     value = record.get(column)
     if not isinstance(value, str) or not value.strip():
         raise AuditInputError(f"{where}, record {number}: column {column!r} must be non-empty text, got {value!r:.60}.")
+    _no_nul(value, f"{where}, record {number}: column {column!r}")
     return value
+
+
+def _no_nul(value: str, where: str) -> None:
+    """A NUL character is never part of a prompt: it is a sign of a binary or corrupt file, and tokenizers and
+    terminals treat it differently."""
+    if "\x00" in value:
+        raise AuditInputError(f"{where} contains a NUL character (\\x00). Remove it from the file.")
 
 
 def load_prompts(ref: str, *, key: str, limit: int | None = None) -> list[PromptItem]:
@@ -163,6 +185,7 @@ def load_personas(ref: str, *, key: str) -> list[Persona]:
         system = record.get("system", "")
         if not isinstance(system, str):
             raise AuditInputError(f"{path}, record {number}: `system` must be text, got {system!r:.60}.")
+        _no_nul(system, f"{path}, record {number}: `system`")
         personas.append(Persona(id=str(record.get("id", number)), group=_text(record, group_column, path, number),
                                 system=system, name=str(record.get("name", record.get("id", number)))))
     if not personas:
