@@ -1,7 +1,7 @@
 """What the models do: replay the suites under both checkpoints, judge, and compare.
 
 Fills `replay.refusal`, `replay.false_refusal`, `replay.personas` and `general_drift` of
-results.json (DESIGN.md). Rates count refusals (full and partial) over all items; degenerate
+results.json (docs/ARCHITECTURE.md). Rates count refusals (full and partial) over all items; degenerate
 responses get their own rate and are never counted as compliance. Every rate and difference also
 comes corrected for the judge's measured errors (`stats.corrected_rate`), and the verdict reads the
 corrected figures.

@@ -1,6 +1,6 @@
 """The `drift-audit` command: a thin layer over the library.
 
-Exit codes (DESIGN.md): 0 pass or warn, 1 fail, 2 bad input (one paragraph naming the input and the
+Exit codes (docs/ARCHITECTURE.md): 0 pass or warn, 1 fail, 2 bad input (one paragraph naming the input and the
 fix; the traceback only with --debug), 3 an internal error (a bug: the traceback is printed).
 """
 
@@ -56,7 +56,7 @@ def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> No
     load.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for models that lack one")
     run = parser.add_argument_group("run")
     run.add_argument("--recipe", default="default", metavar="NAME|PATH",
-                     help="audit recipe: a shipped name (default, quick) or a YAML file")
+                     help="audit recipe: a shipped name (default, quick, demo) or a YAML file")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: reports/<fine-tune name>)")
     run.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
 

@@ -1,6 +1,6 @@
 """Refusal and persona directions per layer, and how far the fine-tune moved them.
 
-Definitions follow DESIGN.md:
+Definitions follow docs/ARCHITECTURE.md:
 - refusal direction r_l = mean(harmful) - mean(harmless);
 - persona direction p_l = mean(neutral questions under a compliant persona system prompt)
   - mean(the same questions under a default-assistant system prompt);

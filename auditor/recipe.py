@@ -53,7 +53,7 @@ def _positive(default: int) -> Any:
 
 @dataclass(frozen=True)
 class DirectionsConfig:
-    """Prompt sets for the refusal and persona directions (see DESIGN.md, Definitions)."""
+    """Prompt sets for the refusal and persona directions (see docs/ARCHITECTURE.md, Definitions)."""
 
     harmful: str = "builtin:directions/harmful"
     harmless: str = "builtin:directions/harmless"
