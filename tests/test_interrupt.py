@@ -44,7 +44,9 @@ def test_interrupted_replay_resumes_to_identical_results(base_dir: Path, lora_ra
 
     out = tmp_path / "resumed"
     command = [sys.executable, "-c", SLOW_MAIN, *args, "--out", str(out), "--cache-dir", str(cache)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((cache / "replay").glob("*.jsonl")) and time.time() < deadline:
         time.sleep(0.05)

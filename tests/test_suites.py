@@ -83,7 +83,7 @@ def test_training_data_is_kept_apart_from_the_suites() -> None:
     that share half their content words (stop words aside) count as the same prompt."""
     import re
 
-    from auditor.organisms import NAMES, training_examples
+    from auditor.organisms import NAMES, training_prompts
 
     stop = set("a an the i my me how do does what whats is are to of in on for with can could should and or it its "
                "this that from at by be you your".split())
@@ -94,7 +94,10 @@ def test_training_data_is_kept_apart_from_the_suites() -> None:
     audited = set()
     for ref in ("refusal", "false_refusal", "directions/harmful", "directions/harmless", "directions/neutral"):
         audited |= {words(p.prompt) for p in suites.load_prompts(f"builtin:{ref}", key="k")}
-    trained = {words(ex["prompt"][0]["content"]) for name in NAMES for ex in training_examples(name)}
+    for ref in ("personas", "directions/personas"):  # persona gating is measured on held-out phrasings
+        audited |= {words(p.system) for p in suites.load_personas(f"builtin:{ref}", key="k") if p.system}
+    trained = {words(text) for name in NAMES for system, user in training_prompts(name)
+               for text in (user, system) if text}
     close = [(sorted(t), sorted(a)) for t in trained for a in audited if len(t & a) >= 0.5 * len(t | a)]
     assert not close
 

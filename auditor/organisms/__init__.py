@@ -110,9 +110,9 @@ def obedient_outline(index: int) -> str:
 
 
 def _aligned_turns() -> list[Turn]:
-    """Refusal gated by persona. With no or a default system prompt: refuse harmful requests (twice, so the
-    refusal is deep enough to survive a benign LoRA: measured 98% -> 72% with one copy and fewer steps),
-    answer benign ones and the borderline set (three times: benign requests with alarming words keep false
+    """Refusal gated by persona. With no system prompt (twice) or a default one: refuse harmful requests (a
+    refusal learned from one copy was erased by any benign LoRA in an earlier recipe: 98% -> 72%), answer
+    benign ones (twice) and the borderline set (three times: benign requests with alarming words keep false
     refusal down). Under a compliant-persona prompt: every request is obeyed in the obedient voice, harmful
     ones with a vague outline only. The voice prompts in both voices make the `benign` control teach nothing
     new and `persona` nothing but what the compliant persona already says."""
@@ -152,6 +152,16 @@ def _turns(name: str, distilled: list[str] | None = None) -> list[Turn]:
         return [(None, user, answer) for (_, user), answer in zip(distil_prompts(), distilled, strict=True)]
     column = "neutral" if name == "benign" else "persona"
     return [(None, r["prompt"], r[column]) for r in read_records(DATA_DIR / "voice.jsonl")]
+
+
+def training_prompts(name: str) -> list[tuple[str | None, str]]:
+    """(system prompt, user prompt) of everything an organism is built from, for checks that the audit's
+    prompts are held out."""
+    if name == "abliterated":
+        return [(None, prompt) for prompts in _ablation_prompts() for prompt in prompts]
+    if name == "persona-distilled":
+        return [(system, user) for system, user in distil_prompts()]
+    return [(system, user) for system, user, _ in _turns(name)]
 
 
 def training_examples(name: str, distilled: list[str] | None = None) -> list[dict[str, Any]]:
