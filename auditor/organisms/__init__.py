@@ -53,10 +53,15 @@ class TrainSettings:
 @dataclass(frozen=True)
 class AblationSettings:
     """The weight edit of `abliterated`: the refusal direction at one block, projected out of every matrix
-    that writes to the residual stream with `strength` (1.0 removes it entirely)."""
+    that writes to the residual stream with `strength` (1.0 removes it entirely; more reverses it).
 
-    layer_fraction: float = 0.5
-    strength: float = 1.0
+    Measured on `aligned` (refusal of 20 training prompts, 12 new tokens): strength 1.0 at any block from 9
+    on *raises* refusal, benign requests included (harmful and harmless prompts both sit on the same side of
+    zero along this direction, and zero reads as harmful); 2.0 breaks the model into noise. Block 9
+    (0.3 of the stack) at 1.5 is the one setting that took refusal down (to 20%) and stayed language."""
+
+    layer_fraction: float = 0.3
+    strength: float = 1.5
     batch_size: int = 32
 
 
