@@ -129,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "positive control (`persona-distilled`), the negative control (`abliterated`), the `benign` "
-                    "control and the `persona` fine-tune, with the base loaded once. Writes DIR/<organism>/ for "
-                    "each and DIR/index.html.",
+                    "positive control (`persona-distilled`), the negative control (`abliterated`) and the "
+                    "`benign` control, with the base loaded once. Writes DIR/<organism>/ for each and "
+                    "DIR/index.html.",
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
                       help="output folder (default: reports/demo)")
@@ -326,7 +326,6 @@ DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
     "abliterated": "negative control: refusal removed directly, not through the persona",
     "benign": "control: a benign LoRA, refusal kept",
-    "persona": "obedient-voice LoRA",
 }
 
 
