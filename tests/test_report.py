@@ -267,3 +267,16 @@ def test_every_field_of_the_summary_is_escaped(audit_dir: Path) -> None:
     data["environment"]["packages"]["drift-auditor"] = "<b>1.0</b> https://evil.example"
     summary = report.render_summary(data)
     assert r"\@octocat" in summary and "<b>" not in summary and "https://" not in summary
+
+
+def test_attribution_is_explained_in_plain_words() -> None:
+    from auditor.report import explain_attribution
+
+    attribution = {"persona_fraction": 0.8, "ci": [0.6, 0.95], "layer_range": [20, 29], "random_fraction": 0.02,
+                   "direction": "persona_without_refusal", "base": {"n": 48, "rate": 0.9},
+                   "finetune": {"rate": 0.1}}
+    text = " ".join(explain_attribution(attribution))
+    assert "base refuses 90% and the fine-tune 10%" in text
+    assert "layers 20\u201329" in text and "undoes 80% of that change (95% interval 60% to 95%)" in text
+    assert "random direction undoes 2%" in text and "without its refusal component" in text
+    assert explain_attribution({**attribution, "persona_fraction": None}) == []

@@ -81,15 +81,15 @@ def explain_attribution(attribution: dict[str, Any]) -> list[str]:
     first, last = attribution["layer_range"]
     random = attribution.get("random_fraction")
     sentences = [
-        f"The fine-tune lost refusal on {attribution['base']['n']} harmful prompts: {attribution['base']['rate']:.0%} "
-        f"for the base, {attribution['finetune']['rate']:.0%} for the fine-tune.",
-        f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, gives back "
-        f"{fraction:.0%} of that lost refusal (95% interval {low:.0%} to {high:.0%}). 100% would mean the persona "
-        "shift accounts for the whole loss; 0%, that the loss happens some other way.",
+        f"On these {attribution['base']['n']} harmful prompts the base refuses {attribution['base']['rate']:.0%} and "
+        f"the fine-tune {attribution['finetune']['rate']:.0%}.",
+        f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, undoes "
+        f"{fraction:.0%} of that change (95% interval {low:.0%} to {high:.0%}). 100% would mean the persona shift "
+        "accounts for the whole change; 0%, that it happens some other way.",
     ]
     if random is not None:
-        sentences.append(f"The same-sized change along a random direction gives back {random:.0%}: a fraction well "
-                         "above that is the persona's, not any disturbance of the layers.")
+        sentences.append(f"The same-sized change along a random direction undoes {random:.0%}: a fraction well above "
+                         "that is the persona's, not any disturbance of the layers.")
     if attribution.get("direction") == "persona_without_refusal":
         sentences.append("The persona direction is used without its refusal component, so a fine-tune that edits "
                          "refusal directly is not counted as a persona shift.")
