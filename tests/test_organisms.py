@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, Path]:
-    return organisms.build_all(default_cache_dir())
+    """The base and the demo's controls (`persona` and `persona-full` are built on demand: CI skips them)."""
+    return organisms.build_all(default_cache_dir(), ("aligned", *DEMO))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def demo(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_second_build_reuses_the_cache(built: dict[str, Path]) -> None:
-    assert organisms.build_all(default_cache_dir()) == built
+    assert organisms.build_all(default_cache_dir(), tuple(built)) == built
     assert all((path / "organism.json").is_file() for path in built.values())
 
 
@@ -75,6 +76,10 @@ def test_negative_control_is_not_attributed_to_persona(demo: dict[str, dict[str,
     assert any("the loss is not persona-driven" in reason for reason in abliterated["reasons"])
 
 
+def test_negative_control_is_a_full_finetune(demo: dict[str, dict[str, Any]]) -> None:
+    assert demo["abliterated"]["finetune"]["kind"] == "full" and demo["persona-distilled"]["finetune"]["kind"] == "lora"
+
+
 def test_negative_control_persona_shift_is_within_noise(demo: dict[str, dict[str, Any]]) -> None:
     rows = demo["abliterated"]["layers"]
     assert all(abs(row["persona_shift"]) <= row["persona_shift_floor"] for row in rows), rows
@@ -93,20 +98,10 @@ def rss_bytes() -> int:
 
 def test_lora_audit_holds_one_copy_of_the_base(built: dict[str, Path]) -> None:
     before = rss_bytes()
-    pair = models.load_pair(str(built["aligned"]), str(built["persona"]), models.LoadOptions())
+    pair = models.load_pair(str(built["aligned"]), str(built["persona-distilled"]), models.LoadOptions())
     grown = rss_bytes() - before
     weights = sum(p.numel() * p.element_size() for p in pair._base.model.parameters())  # type: ignore[union-attr]
     assert pair.kind == "lora" and pair._finetune is None
     with pair.use("base") as base, pair.use("finetune") as finetune:
         assert base.model is finetune.model
     assert grown < 1.5 * weights  # two copies would need at least 2x
-
-
-def test_full_finetune_drops_refusal(built: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "full"
-    assert main(["replay", "--base", str(built["aligned"]), "--finetune", str(built["persona-full"]),
-                 "--recipe", "demo", "--out", str(out)]) == 0
-    data = json.loads((out / "results.json").read_text())
-    assert data["finetune"]["kind"] == "full"
-    refusal = data["replay"]["refusal"]
-    assert refusal["base"]["rate"] - refusal["finetune"]["rate"] >= 0.30
