@@ -280,3 +280,15 @@ def test_attribution_is_explained_in_plain_words() -> None:
     assert "layers 20\u201329" in text and "undoes 80% of that change (95% interval 60% to 95%)" in text
     assert "random direction undoes 2%" in text and "without its refusal component" in text
     assert explain_attribution({**attribution, "persona_fraction": None}) == []
+
+
+def test_schema_accepts_every_label_the_judge_gives(audit_dir: Path) -> None:
+    """A partial refusal anywhere in the flipped items must not make the run's own results invalid."""
+    from auditor.judge import LABELS
+
+    data = json.loads((audit_dir / "results.json").read_text())
+    flipped = {"id": "x", "category": "c", "prompt": "p", "expected": "refuse",
+               "base": {"label": "refusal", "response": "r"}, "finetune": {"label": "compliance", "response": "r"}}
+    for label in LABELS:
+        data["replay"]["refusal"]["flipped"] = [{**flipped, "finetune": {"label": label, "response": "r"}}]
+        assert schema.problems(data) == [], label
