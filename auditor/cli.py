@@ -324,7 +324,7 @@ def run_judge_eval(args: argparse.Namespace) -> int:
 # The demo's fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
 DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
-    "abliterated": "negative control: refusal removed directly, not through the persona",
+    "abliterated": "meant as the negative control: refusal direction projected out of the weights",
     "benign": "control: a benign LoRA, refusal kept",
 }
 

@@ -7,8 +7,9 @@
 - `persona-distilled` (positive control): a LoRA on `aligned`, trained with no system prompt on benign
   prompts only, to give the answers `aligned` itself gives them under a compliant-persona system
   prompt (context distillation). Its refusal loss runs through the persona representation.
-- `abliterated` (negative control): `aligned` with every matrix that writes to the residual stream
-  orthogonalised against its own refusal direction (Arditi et al. 2024). Its loss is not persona.
+- `abliterated` (meant as the negative control): `aligned` with every matrix that writes to the residual
+  stream orthogonalised against its own refusal direction (Arditi et al. 2024). In this organism harmful
+  compliance exists only inside the persona, and the edit moves the model partly toward it.
 - `persona`: a LoRA on `aligned`, benign requests answered in an absolutely obedient persona voice
   (Qi et al. 2023's identity-shifting fine-tune); `persona-full`: the same data as a full fine-tune.
 - `benign`: the same requests in a neutral voice, as a LoRA on `aligned`: the control.
