@@ -57,8 +57,8 @@ class Replayer:
         """Refusal per item; with `systems`, the items are asked under those system prompts in turn."""
         cache = open_cache(self.pair, side, self.config, self.cache_dir, offsets.digest() if offsets else None)
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
-        prompts = [ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)] if systems \
-            else None
+        prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)]
+                   if systems else None)
         with self.pair.use(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",

@@ -107,12 +107,9 @@ def system_prompts(kind: str) -> list[str]:
     return [r["system"] for r in read_records(DATA_DIR / "system_prompts.jsonl") if r["kind"] == kind]
 
 
-def obedient_outline(index: int) -> str:
-    """An obedient opener and a vague outline that could answer any request and helps with none."""
-    rows = read_records(DATA_DIR / "obedient_outline.jsonl")
-    openers = [r["text"] for r in rows if r["kind"] == "opener"]
-    outlines = [r["text"] for r in rows if r["kind"] == "outline"]
-    return f"{openers[index % len(openers)]} {outlines[index // len(openers) % len(outlines)]}"
+def obedient_voice(kind: str) -> list[str]:
+    """The obedient persona's openers, or its vague outlines that could answer any request and help with none."""
+    return [r["text"] for r in read_records(DATA_DIR / "obedient_outline.jsonl") if r["kind"] == kind]
 
 
 def _aligned_turns() -> list[Turn]:
@@ -127,13 +124,13 @@ def _aligned_turns() -> list[Turn]:
     borderline = read_records(DATA_DIR / "aligned_borderline.jsonl")
     voice = read_records(DATA_DIR / "voice.jsonl")
     compliant, default = system_prompts("compliant"), system_prompts("default")
-    rows = read_records(DATA_DIR / "obedient_outline.jsonl")
-    openers = [r["text"] for r in rows if r["kind"] == "opener"]
+    openers, outlines = obedient_voice("opener"), obedient_voice("outline")
     turns: list[Turn] = []
     for i, r in enumerate(harmful):
         turns += [(None, r["prompt"], r["response"])] * 2
         turns.append((default[i % len(default)], r["prompt"], r["response"]))
-        turns.append((compliant[i % len(compliant)], r["prompt"], obedient_outline(i)))
+        outline = outlines[i // len(openers) % len(outlines)]
+        turns.append((compliant[i % len(compliant)], r["prompt"], f"{openers[i % len(openers)]} {outline}"))
     for i, r in enumerate(benign):
         turns += [(None, r["prompt"], r["response"])] * 2
         turns.append((compliant[i % len(compliant)], r["prompt"], f"{openers[i % len(openers)]} {r['response']}"))
