@@ -87,6 +87,7 @@ class Audit:
     timings: results.Timings = field(default_factory=results.Timings)
     started: float = field(default_factory=time.perf_counter)
     measured: DirectionsResult | None = None
+    decided: verdict.Verdict | None = None  # after run(): every check, for a JUnit file
 
     def directions(self) -> dict[str, Any]:
         """Measure the directions (kept for `write`) and return the results.json fields they fill."""
@@ -165,7 +166,9 @@ class Audit:
         """The whole audit; writes results.json, report.html and summary.md and returns the results."""
         parts = {**self.directions(), **self.replay()}
         parts.update(self.attribution())
-        decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
-        data = self.results({"verdict": decided.verdict, "reasons": decided.reasons, **parts})
+        self.decided = decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
+        assert decided.resolution is not None, "a whole audit has a replay"
+        data = self.results({"verdict": decided.verdict, "reasons": decided.reasons,
+                             "resolution": decided.resolution.to_json(), **parts})
         self.write(data, report.render(data))
         return data

@@ -82,6 +82,9 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.Jud
         "finetune": side_summary(finetune, error),
         "p_value": stats.paired_p_value(refused_base, refused_finetune),
         "difference": paired_difference(refused_base, refused_finetune),
+        "discordant": {  # the items whose refusal changed, each way: what the power of the comparison rests on
+            "base_only": sum(b and not f for b, f in zip(refused_base, refused_finetune, strict=True)),
+            "finetune_only": sum(f and not b for b, f in zip(refused_base, refused_finetune, strict=True))},
     }
     if error is not None:
         result["difference"]["corrected"] = stats.corrected_difference(refused_base, refused_finetune, error)

@@ -136,7 +136,7 @@ def load_suite(spec: SuiteSpec, *, key: str, limit: int | None = None) -> list[P
         path = resolve(spec.source)
         where, records = str(path), read_records(path)
     if spec.filter_column is not None:
-        records = _kept(records, spec, key, where)
+        records = _kept(records, spec.filter_column, spec.filter_values, key, where)
     items = []
     for number, record in enumerate(records, start=1):
         expected = spec.default_expected
@@ -171,13 +171,14 @@ def spread(items: list[PromptItem], limit: int) -> list[PromptItem]:
     return chosen
 
 
-def _kept(records: list[dict[str, Any]], spec: SuiteSpec, key: str, where: str) -> list[dict[str, Any]]:
-    """The records whose `filter_column` holds one of `filter_values` (compared as text)."""
-    kept = [r for r in records if str(r.get(spec.filter_column)) in spec.filter_values]
+def _kept(records: list[dict[str, Any]], column: str, values: tuple[str, ...], key: str,
+          where: str) -> list[dict[str, Any]]:
+    """The records whose `column` holds one of `values` (compared as text): the recipe's filter."""
+    kept = [r for r in records if str(r.get(column)) in values]
     if records and not kept:
-        seen = sorted({str(r.get(spec.filter_column)) for r in records})[:8]
-        raise AuditInputError(f"{key}: no row of {where} has {spec.filter_column!r} in "
-                              f"{list(spec.filter_values)}; its values include {seen}. Fix filter_values.")
+        seen = sorted({str(r.get(column)) for r in records})[:8]
+        raise AuditInputError(f"{key}: no row of {where} has {column!r} in {list(values)}; its values include "
+                              f"{seen}. Fix filter_values.")
     return kept
 
 
