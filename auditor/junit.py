@@ -10,6 +10,7 @@ hold at all (most control characters) are dropped, since a checkpoint name is us
 from __future__ import annotations
 
 import re
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -58,15 +59,17 @@ def junit_xml(verdict: Verdict, data: dict[str, Any], *, strict: bool = False) -
 
 
 def check_target(path: Path) -> None:
-    """Refuse a --junit path whose folder does not exist before an audit spends its time."""
-    if not path.parent.is_dir():
-        raise AuditInputError(f"--junit {path}: the folder {path.parent} does not exist. Create it or give another "
-                              "path.")
+    """Create the --junit file's folder (as --out creates its own) and prove it writable before an audit spends
+    its time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise AuditInputError(f"--junit {path}: its folder cannot be written ({exc.strerror or exc}). Give a path in "
+                              "a writable folder.") from None
 
 
 def write(path: Path, xml: bytes) -> None:
     check_target(path)
-    try:
-        results.atomic_write_bytes(path, xml)
-    except OSError as exc:
-        raise AuditInputError(f"--junit {path} cannot be written ({exc}). Give a path in a writable folder.") from None
+    results.atomic_write_bytes(path, xml)

@@ -115,8 +115,11 @@ def test_gate_reads_back_why_the_finetune_is_identical(saved: Path) -> None:
 
 
 def test_gate_refuses_what_it_cannot_decide(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["gate", str(saved), "--junit", str(tmp_path / "missing" / "junit.xml")]) == 2
-    assert "--junit" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+    (tmp_path / "a-file").write_text("")
+    assert main(["gate", str(saved), "--junit", str(tmp_path / "a-file" / "junit.xml")]) == 2
+    assert "--junit" in capsys.readouterr().err and (tmp_path / "a-file").is_file()
+    assert main(["gate", str(saved), "--junit", str(tmp_path / "new" / "junit.xml")]) == 4  # folders are created
+    assert (tmp_path / "new" / "junit.xml").is_file()
 
     def replay_only(data: dict[str, Any]) -> None:
         for key in ("verdict", "reasons", "attribution", "resolution"):
