@@ -145,7 +145,7 @@ class Audit:
             **parts,
             "warnings": self.pair.warnings,
             "timings": dict(self.timings),
-            "environment": results.environment(self.pair.options.device, self.pair.options.dtype),
+            "environment": results.environment(self.pair.options.compute()),
         }
 
     def write(self, data: dict[str, Any], rendered: report.Rendered | None = None) -> None:

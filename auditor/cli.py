@@ -50,8 +50,9 @@ def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> No
     load = parser.add_argument_group("loading")
     load.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                       help="weight dtype (auto: float32 on CPU, bfloat16 on CUDA)")
-    load.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
-                      help="where to run; auto uses CUDA if present and shards large models with accelerate")
+    load.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                      help="where to run (default auto: CUDA when present, sharding large models across GPUs with "
+                           "accelerate, else the CPU)")
     load.add_argument("--low-memory", action="store_true",
                       help="full fine-tunes: load base and fine-tune in turn instead of side by side")
     load.add_argument("--trust-remote-code", action="store_true",
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         judge_eval.add_argument(f"--{column}-column", default=default, metavar="NAME",
                                 help=f"column holding the {column} (default: {default})")
     judge_eval.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
-    judge_eval.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where a judge model runs")
+    judge_eval.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                            help="where a judge model runs (default auto: CUDA when present, else the CPU)")
     judge_eval.add_argument("--trust-remote-code", action="store_true",
                             help="allow code from the judge model's repository to run")
     judge_eval.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.pt) judge weights")
@@ -220,6 +222,7 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     with timings.stage("load"):
         pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
                                 finetune_revision=args.finetune_revision, shared_base=shared_base)
+    print(f"drift-audit: running on {options.compute().describe()}", file=sys.stderr)
     return Audit(pair=pair, recipe=audit_recipe, inputs=inputs, out=out, cache_dir=cache_dir, timings=timings,
                  started=started)
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from auditor import devices
 from auditor.errors import AuditInputError
 from auditor.verdict import IDENTICAL_WARNING
 
@@ -39,7 +40,6 @@ LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
     "mpt": "transformer.blocks",
 }
 DEFAULT_LAYER_PATH = "model.layers"  # llama, mistral, qwen2/3, gemma, phi3, olmo, ...
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FUNCTION_FILES = (  # besides the weights, every file that changes what a checkpoint computes or how it reads text
     "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
@@ -51,12 +51,16 @@ FUNCTION_FILES = (  # besides the weights, every file that changes what a checkp
 class LoadOptions:
     """How to load checkpoints; mirrors the CLI flags of the same names."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    dtype: devices.DtypeFlag = "auto"
+    device: devices.DeviceFlag = "auto"
     low_memory: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
     chat_template: str | None = None
+
+    def compute(self) -> devices.Compute:
+        """The device and dtype these options resolve to on this machine (what results.json records)."""
+        return devices.resolve(self.device, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -606,17 +610,11 @@ def pair_from_model(model: Any, tokenizer: Any, *, base: str | None, options: Lo
 
 
 def _torch_dtype(options: LoadOptions) -> torch.dtype:
-    if options.dtype != "auto":
-        return DTYPES[options.dtype]
-    return torch.bfloat16 if _device(options) == "cuda" else torch.float32
+    return devices.resolve_dtype(options.dtype, _device(options))
 
 
-def _device(options: LoadOptions) -> str:
-    if options.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise AuditInputError("--device cuda was given but no CUDA device is available. Use --device cpu.")
-    return options.device
+def _device(options: LoadOptions) -> Literal["cpu", "cuda"]:
+    return devices.resolve_device(options.device)
 
 
 def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:

@@ -18,9 +18,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor.errors import AuditInputError
+
+if TYPE_CHECKING:
+    from auditor.devices import Compute
 
 SCHEMA = "drift-audit/1"
 OUTPUT_NAMES = ("results.json", "directions.safetensors", "report.html", "summary.md")
@@ -28,16 +31,16 @@ STAGING_PREFIX = ".drift-audit-new-"
 PACKAGES = ("drift-auditor", "torch", "transformers", "peft", "trl", "datasets", "safetensors", "accelerate", "gguf")
 
 
-def environment(device: str, dtype: str) -> dict[str, Any]:
-    """What produced the numbers: versions, platform and the compute settings."""
+def environment(compute: Compute) -> dict[str, Any]:
+    """What produced the numbers: versions, platform, and the device and dtype that ran (resolved, never `auto`)."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "device": device,
-            "dtype": dtype, "packages": versions}
+    return {"python": platform.python_version(), "platform": platform.platform(), "device": compute.device,
+            "dtype": compute.dtype_name, "device_name": compute.name, "packages": versions}
 
 
 class Timings(dict[str, float]):
