@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from auditor.batching import plan_for
 from auditor.errors import AuditInputError
 from auditor.heap import release_freed_memory
 from auditor.hooks import ForwardHook, block_output, forward_hooks
@@ -130,11 +131,11 @@ def capture(
     layers_path: str | None = None,
     desc: str = "activations",
 ) -> dict[Position, Tensor]:
-    """Activations per position: a float32 tensor (prompts, layers, d_model), in the order of `prompts`."""
+    """Activations per position: a float32 tensor (prompts, layers, d_model), in the order of `prompts`.
+    `batch_size` bounds the batches `auditor.batching` plans from free memory and the prompts' lengths."""
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     layers = decoder_layers(model, layers_path)
     rendered = [render(tokenizer, p) for p in prompts]
-    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i].ids))  # less padding per batch
     device = input_device(model)
     collected: dict[Position, list[list[Tensor]]] = {p: [[] for _ in layers] for p in positions}
     pending: dict[Position, dict[int, Tensor]] = {p: {} for p in positions}
@@ -167,8 +168,9 @@ def capture(
 
     hooks = [(layer, record(i)) for i, layer in enumerate(layers)]
     with forward_hooks(hooks), torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-            run_batch(order[start:start + batch_size], forward)
+        for group in tqdm(plan_for(model, device, [len(r.ids) for r in rendered], limit=batch_size), desc=desc,
+                          unit="batch", leave=False):
+            run_batch(group, forward)
     inverse = torch.empty(len(order_done), dtype=torch.long)
     inverse[torch.tensor(order_done, dtype=torch.long)] = torch.arange(len(order_done))
     return {p: torch.stack([torch.cat(per_layer) for per_layer in collected[p]], dim=1)[inverse] for p in positions}

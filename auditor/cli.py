@@ -64,7 +64,9 @@ def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> No
     run.add_argument("--recipe", default="default", metavar="NAME|PATH",
                      help="audit recipe: a shipped name (default, quick, demo) or a YAML file")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: reports/<fine-tune name>)")
-    run.add_argument("--batch-size", type=int, metavar="N", help="override the recipe's batch size")
+    run.add_argument("--batch-size", type=int, metavar="N",
+                     help="override the recipe's batch size, the largest batch a pass may use (smaller ones are "
+                          "planned from free memory and prompt lengths)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """Replay prompt suites under both checkpoints: greedy batched generation with a resumable cache.
 
-Batches are planned once over the whole prompt list (sorted by length), so a resumed run forms
-exactly the same batches as an uninterrupted one and greedy decoding gives identical tokens.
+Batches are planned once over the whole prompt list (sorted by length; `auditor.batching`), so a
+resumed run with as much free memory forms exactly the same batches as an uninterrupted one and greedy
+decoding gives identical tokens. (With less free memory it forms smaller batches; on the tiny test models
+a prompt's tokens do not depend on its batch, but in low-precision arithmetic a near-tie could.)
 Each finished batch is appended to the cache and synced to disk before the next starts: an
 interrupted run loses at most the batch in flight.
 """
@@ -23,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, run_batch
+from auditor.batching import plan_for
 from auditor.models import Checkpoint
 
 CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
@@ -90,12 +93,6 @@ def prompt_key(rendered: Rendered) -> str:
     return hashlib.sha256(json.dumps(rendered.ids).encode()).hexdigest()
 
 
-def plan_batches(rendered: Sequence[Rendered], batch_size: int) -> list[list[int]]:
-    """Deterministic batches of prompt indices, grouped by length to keep padding low."""
-    order = sorted(range(len(rendered)), key=lambda i: (len(rendered[i].ids), i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def stop_ids(checkpoint: Checkpoint) -> list[int]:
     """Token ids that end a response: the tokenizer's and the generation config's end-of-turn tokens."""
     tokenizer = checkpoint.tokenizer
@@ -116,7 +113,8 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
     keys = [prompt_key(r) for r in rendered]
     stops = stop_ids(checkpoint)
     device = input_device(model)
-    missing = [b for b in plan_batches(rendered, batch_size) if any(keys[i] not in cache.entries for i in b)]
+    planned = plan_for(model, device, [len(r.ids) for r in rendered], limit=batch_size, new_tokens=max_new_tokens)
+    missing = [b for b in planned if any(keys[i] not in cache.entries for i in b)]
     with tqdm(total=sum(len(b) for b in missing), desc=desc, unit="item", leave=False) as bar:
         def run(group: list[int]) -> None:
             batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
@@ -155,7 +153,8 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
         for i, row in zip(group, F.log_softmax(logits.float(), dim=-1).cpu(), strict=True):
             rows[i] = row
 
-    for group in tqdm(plan_batches(rendered, batch_size), desc=desc, unit="batch", leave=False):
+    for group in tqdm(plan_for(model, device, [len(r.ids) for r in rendered], limit=batch_size), desc=desc,
+                      unit="batch", leave=False):
         run_batch(group, run)
     return torch.stack([rows[i] for i in range(len(prompts))])
 

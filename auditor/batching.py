@@ -1,0 +1,131 @@
+"""Batches of prompts planned from the device's free memory and the prompts' lengths.
+
+A fixed batch size is wrong everywhere but where it was tuned: too small, and a GPU sits idle between
+small kernels; too large, and a long prompt runs out of memory. Every batched pass (capture, first-token
+scoring, generation) is planned here instead. Prompts are sorted by length, so each batch's padding is small
+and its width is its last prompt's length; a batch grows while the estimated memory of a forward pass
+(`Footprint`) stays within a share of the free memory (`budget`) and it stays within the caller's `limit` (the
+recipe's batch size, now an upper bound). Callers put results back in their own order.
+
+The estimate is deliberately simple and conservative (activations of one block, attention scores as if
+materialised, the key/value cache, float32 logits); `activations.run_batch` still halves a batch that runs
+out of memory, so an estimate that is too low costs a retry, not the run.
+
+With enough memory the plan is exactly the old fixed one: the sorted prompts cut every `limit` items.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# The share of free memory one batch may plan for. On CUDA the auditor is usually alone on the card, and the
+# estimate already counts attention scores that flash / memory-efficient kernels never materialise. On the CPU
+# the memory is shared with everything else on the machine, and the allocator fragments more.
+BUDGET_SHARE = {"cuda": 0.8, "cpu": 0.5}
+MEMINFO = Path("/proc/meminfo")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a batched forward pass needs beyond the weights, from the model's configuration and dtype.
+
+    `per_token`: activations alive at once inside one decoder block (residual, q/k/v, attention output, the MLP's
+    gate, up and activated projections) plus the float32 copy a capture hook reduces; `per_pair`: attention
+    scores and mask for one (query, key) pair over all heads; `per_cached_token`: the key/value cache of one
+    token over all layers; `per_row`: one row's float32 logits and their log-softmax."""
+
+    per_token: int
+    per_pair: int
+    per_cached_token: int
+    per_row: int
+
+    @classmethod
+    def of(cls, config: Any, dtype: torch.dtype) -> Footprint:
+        """From a transformers config (a multimodal config's text part); sizes it lacks take the usual defaults."""
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        element = torch.empty((), dtype=dtype).element_size()
+        hidden = int(text.hidden_size)
+        heads = int(text.num_attention_heads)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+        intermediate = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+        return cls(per_token=(4 * hidden + 3 * intermediate) * element + 2 * hidden * 4,
+                   per_pair=heads * 2 * element + 4,
+                   per_cached_token=2 * int(text.num_hidden_layers) * kv_heads * head_dim * element,
+                   per_row=2 * int(text.vocab_size) * 4)
+
+    def batch_bytes(self, rows: int, width: int, new_tokens: int) -> int:
+        """A batch of `rows` prompts padded to `width` tokens; `new_tokens` > 0 is generation, with its cache."""
+        cache = self.per_cached_token * (width + new_tokens) if new_tokens else 0
+        return rows * (self.per_token * width + self.per_pair * width * width + self.per_row + cache)
+
+
+def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: Footprint,
+         new_tokens: int = 0) -> list[list[int]]:
+    """Batches of indices into `lengths`, shortest prompts first (ties in the caller's order), each at most
+    `limit` long and, where `budget` is known, estimated to fit in it. A prompt that does not fit alone is a
+    batch of one (out-of-memory handling has the last word)."""
+    if limit < 1:
+        raise ValueError(f"a batch size limit must be at least 1, got {limit}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        full = len(current) == limit or (
+            budget is not None and footprint.batch_bytes(len(current) + 1, lengths[index], new_tokens) > budget)
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def plan_for(model: Any, device: torch.device, lengths: Sequence[int], *, limit: int,
+             new_tokens: int = 0) -> list[list[int]]:
+    """`plan` for `model` on `device`, with the budget read from the device's free memory now."""
+    footprint = Footprint.of(model.config, next(model.parameters()).dtype)
+    return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens)
+
+
+def budget(device: torch.device) -> int | None:
+    """The bytes one batch may plan for on `device`; None where free memory cannot be read (only `limit` holds)."""
+    free = free_bytes(device)
+    return None if free is None else int(free * BUDGET_SHARE["cuda" if device.type == "cuda" else "cpu"])
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on `device`: on CUDA what the driver reports plus what torch holds cached but unused (its
+    allocator reuses that first); on the CPU the kernel's MemAvailable, else the free physical pages."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None  # mps, xpu, ...: no portable query; the recipe's batch size alone bounds the batch
+    return meminfo_available(MEMINFO) or _sysconf_available()
+
+
+def meminfo_available(path: Path) -> int | None:
+    """MemAvailable from a /proc/meminfo file (kB in the file), or None when the file or the line is missing."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "MemAvailable":
+            return int(value.split()[0]) * 1024
+    return None
+
+
+def _sysconf_available() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every platform has these names
+        return None
