@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import write_replay_recipe
 
 from auditor import models, schema
@@ -183,3 +184,28 @@ def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir:
                  str(replay_recipe), "--out", str(tmp_path / "out"), "--no-cache"]) in (1, 4)
     # per side: refusal (6), benign (4), contrast (1), and the harmless prompts for general drift (8)
     assert sorted(scored) == sorted([6, 4, 1, 8] * 2)
+
+
+def test_generation_stops_when_every_sequence_in_the_batch_has_finished(checkpoint: models.Checkpoint) -> None:
+    """Row 0 says end-of-turn as its second token, row 1 as its fourth: the batch takes 4 forward passes, not
+    max_new_tokens, and each response is cut at its own end."""
+    prompts = [ChatPrompt("What is 1 plus 2?"), ChatPrompt("What is 3 plus 4?")]
+    eos = checkpoint.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stop_at = [1, 3]  # the forward pass (0: the prompt's) whose token is end-of-turn, per row
+    calls = {"n": 0}
+
+    def end_turn(module: torch.nn.Module, args: object, logits: torch.Tensor) -> torch.Tensor:
+        for row, step in enumerate(stop_at):
+            if calls["n"] >= step:
+                logits[row, :, eos] = 1e4
+        calls["n"] += 1
+        return logits
+
+    handle = checkpoint.model.lm_head.register_forward_hook(end_turn)
+    try:
+        got = generate(checkpoint, prompts, max_new_tokens=40, batch_size=2, cache=GenerationCache(None, None, {}))
+    finally:
+        handle.remove()
+    assert calls["n"] == 4
+    assert [len(g.token_ids) for g in got] == [1, 3]
+    assert all(eos not in g.token_ids for g in got)
