@@ -124,7 +124,8 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
                                         top_p=None, top_k=None, temperature=None)
             new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
-            cache.add({keys[i]: _cut(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
+            cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer)
+                       for i, tokens in zip(group, new_tokens, strict=True)})
             bar.update(len(group))
 
         for group in missing:
@@ -132,7 +133,8 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
     return [cache.entries[k] for k in keys]
 
 
-def _cut(tokens: list[int], stops: Sequence[int], tokenizer: Any) -> Generation:
+def cut_at_stop(tokens: list[int], stops: Sequence[int], tokenizer: Any) -> Generation:
+    """The response: `tokens` up to the first end-of-turn token in `stops`, and its text."""
     end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
     kept = tokens[:end]
     return Generation(tokenizer.decode(kept, skip_special_tokens=True), tuple(kept))

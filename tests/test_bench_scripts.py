@@ -1,0 +1,48 @@
+"""scripts/bench_capture.py and scripts/bench_replay.py on the tiny model at a tiny size: both sides compute the
+same thing, so the printed ratios compare like with like."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor import models
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_capture  # noqa: E402
+import bench_replay  # noqa: E402
+import benchkit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(base_dir: Path) -> models.Checkpoint:
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+
+
+def test_capture_benchmark_compares_equal_activations(checkpoint: models.Checkpoint) -> None:
+    prompts = bench_capture.direction_prompts(10)
+    assert len(prompts) == 10 and len(set(prompts)) > 1
+    comparison = bench_capture.compare(checkpoint, prompts, batch_size=4)
+    assert comparison.prompts == 10 and comparison.loop_seconds > 0 and comparison.auditor_seconds > 0
+    assert comparison.max_difference < 1e-4  # the loop's hidden states reduced = the auditor's hooks
+    text = "\n".join(comparison.lines())
+    assert "capture speed-up" in text and "target >= 2.5x" in text
+
+
+def test_replay_benchmark_judges_both_sides(checkpoint: models.Checkpoint) -> None:
+    items = bench_replay.suite_items(9)
+    assert {i.expected for i in items[:3]} == {"refuse", "answer"}  # refusal, benign and contrast in turn
+    comparison = bench_replay.compare(checkpoint, items, max_new_tokens=8, batch_size=4)
+    assert comparison.same_tokens == comparison.same_label == 9  # greedy, float32: batching changes no token
+    assert comparison.loop_tokens > 9
+    assert "judged the same: 9/9 = 100.0% (target >= 97%: reached)" in "\n".join(comparison.lines())
+
+
+def test_ratio_line_says_whether_the_target_is_reached() -> None:
+    assert benchkit.ratio_line("x", 10.0, 2.0, 5.0) == "x: 5.00x (target >= 5x: reached)"
+    assert benchkit.ratio_line("x", 10.0, 4.0, 2.5) == "x: 2.50x (target >= 2.5x: reached)"
+    assert benchkit.ratio_line("x", 10.0, 5.0, 2.5) == "x: 2.00x (target >= 2.5x: NOT reached)"
+    with pytest.raises(ValueError, match="no prompts"):
+        benchkit.cycle([], 3)
