@@ -24,6 +24,7 @@ from auditor.errors import AuditInputError
 if TYPE_CHECKING:
     from auditor.audit import Audit
     from auditor.models import LoadOptions
+    from auditor.results import AuditResults, LayerDrift, SuiteComparison
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -167,7 +168,7 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
 def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
     cheap mistakes fail before models load."""
-    from auditor import models, recipe, results
+    from auditor import models, outputs, recipe
     from auditor.audit import Audit, load_inputs
     from auditor.replay import default_cache_dir
 
@@ -180,12 +181,12 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
     if getattr(args, "judge_model", None):
         audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
     inputs = load_inputs(audit_recipe, replay=args.command != "directions")
-    out = results.prepare_out_dir(args.out or default_out(args.finetune))
+    out = outputs.prepare_out_dir(args.out or default_out(args.finetune))
     options = load_options(args)
     cache_dir = None if getattr(args, "no_cache", False) else (
         (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
     started = time.perf_counter()
-    timings = results.Timings()
+    timings = outputs.Timings()
     with timings.stage("load"):
         pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
                                 finetune_revision=args.finetune_revision, shared_base=shared_base)
@@ -195,18 +196,21 @@ def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
 
 def run_directions(args: argparse.Namespace) -> int:
     run = start_audit(args)
-    data = run.results(run.directions())
+    run.directions()
+    data = run.results()
     run.write(data)
-    print(summarize_layers(data["layers"]))
+    print(summarize_layers(data.layers))
     print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
     return EXIT_OK
 
 
 def run_replay(args: argparse.Namespace) -> int:
     run = start_audit(args)
-    data = run.results({**run.directions(), **run.replay()})
+    run.directions()
+    run.replay()
+    data = run.results()
     run.write(data)
-    print(summarize_layers(data["layers"]))
+    print(summarize_layers(data.layers))
     print(summarize_replay(data))
     print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
     return EXIT_OK
@@ -218,15 +222,16 @@ def run_audit(args: argparse.Namespace) -> int:
     run = start_audit(args)
     data = run.run()
     print(summarize_replay(data))
-    print(f"\nverdict: {data['verdict'].upper()}")
-    for reason in data["reasons"]:
+    assert data.verdict is not None and data.reasons is not None
+    print(f"\nverdict: {data.verdict.upper()}")
+    for reason in data.reasons:
         print(f"  - {reason}")
     print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions shows this file on the run's page
         with open(step_summary, "a", encoding="utf-8") as f:
             f.write((run.out / "summary.md").read_text(encoding="utf-8") + "\n")
-    return verdict.EXIT_CODES[data["verdict"]]
+    return verdict.EXIT_CODES[data.verdict]
 
 
 def run_audit_many(args: argparse.Namespace) -> int:
@@ -262,9 +267,9 @@ def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
                       out_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """Audit each (folder name, fine-tune) against `args.base`, loading the base once; writes OUT/<folder>/ for
     each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
-    from auditor import models, report, results, verdict
+    from auditor import models, outputs, report, verdict
 
-    out = results.prepare_out_dir(out_dir)
+    out = outputs.prepare_out_dir(out_dir)
     index = out / "index.html"
     index.unlink(missing_ok=True)  # an earlier batch's index must not stand beside this batch's reports
     shared: models.Checkpoint | None = None
@@ -285,26 +290,27 @@ def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
             codes.append(code)
         else:
             rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
-            codes.append(verdict.EXIT_CODES[data["verdict"]])
-            print(f"verdict: {data['verdict'].upper()}")
+            assert data.verdict is not None
+            codes.append(verdict.EXIT_CODES[data.verdict])
+            print(f"verdict: {data.verdict.upper()}")
         shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
-        results.atomic_write_text(index, report.render_index(rows))
+        outputs.atomic_write_text(index, report.render_index(rows))
     print(f"\nindex: {index}")
     return rows, codes
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from auditor import report, results
+    from auditor import outputs, report
 
     data = report.load_results(args.results)
-    out = results.prepare_out_dir(args.out or args.results.parent)
-    results.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
+    out = outputs.prepare_out_dir(args.out or args.results.parent)
+    outputs.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
     print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return EXIT_OK
 
 
 def run_judge_eval(args: argparse.Namespace) -> int:
-    from auditor import judge, judge_eval, models, results
+    from auditor import judge, judge_eval, models, outputs
     from auditor.recipe import LabelledSpec
 
     spec = LabelledSpec(source=args.file, prompt_column=args.prompt_column, response_column=args.response_column,
@@ -316,7 +322,7 @@ def run_judge_eval(args: argparse.Namespace) -> int:
     figures = judge_eval.evaluate(refusal_judge, items).figures()
     print(judge_eval.format_figures(figures))
     if args.json:
-        results.atomic_write_bytes(args.json, results.json_bytes({"file": args.file, **figures}))
+        outputs.atomic_write_bytes(args.json, outputs.json_bytes({"file": args.file, **figures.to_json()}))
         print(f"\nwrote {args.json}")
     return EXIT_OK
 
@@ -356,38 +362,39 @@ def demo_line(row: dict[str, Any]) -> str:
     return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}; {attributed}"
 
 
-def summarize_layers(layers: list[dict[str, Any]]) -> str:
+def summarize_layers(layers: Sequence[LayerDrift]) -> str:
     """A per-layer table for the terminal; `*` marks a shift beyond its noise floor."""
     lines = ["layer  refusal_cos  persona_cos  persona_shift  refusal_shift"]
     for row in layers:
-        p_mark = "*" if abs(row["persona_shift"]) > row["persona_shift_floor"] else " "
-        r_mark = "*" if abs(row["refusal_shift"]) > row["refusal_shift_floor"] else " "
-        lines.append(f"{row['layer']:>5}  {row['refusal_cos']:>11.4f}  {row['persona_cos']:>11.4f}  "
-                     f"{row['persona_shift']:>12.4f}{p_mark}  {row['refusal_shift']:>12.4f}{r_mark}")
+        p_mark = "*" if abs(row.persona_shift) > row.persona_shift_floor else " "
+        r_mark = "*" if abs(row.refusal_shift) > row.refusal_shift_floor else " "
+        lines.append(f"{row.layer:>5}  {row.refusal_cos:>11.4f}  {row.persona_cos:>11.4f}  "
+                     f"{row.persona_shift:>12.4f}{p_mark}  {row.refusal_shift:>12.4f}{r_mark}")
     lines.append("* beyond the split-half noise floor")
     return "\n".join(lines)
 
 
-def summarize_replay(data: dict[str, Any]) -> str:
+def summarize_replay(data: AuditResults) -> str:
     """Key behaviour numbers for the terminal."""
-    def line(label: str, part: dict[str, Any]) -> str:
-        b, f = part["base"], part["finetune"]
-        text = (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
-                f"[{f['ci'][0]:.1%}, {f['ci'][1]:.1%}]  p={part['p_value']:.3g}  degenerate "
-                f"{b['degenerate_rate']:.1%} / {f['degenerate_rate']:.1%}")
-        if "corrected" in b and None not in (b["corrected"]["rate"], f["corrected"]["rate"]):
-            cb, cf = b["corrected"], f["corrected"]
-            text += (f"\n{'':<14} corrected for the judge: base {cb['rate']:.1%} [{cb['ci'][0]:.1%}, {cb['ci'][1]:.1%}]"
-                     f"  fine-tune {cf['rate']:.1%} [{cf['ci'][0]:.1%}, {cf['ci'][1]:.1%}]")
+    def line(label: str, part: SuiteComparison) -> str:
+        b, f = part.base, part.finetune
+        text = (f"{label:<14} base {b.rate:.1%} [{b.ci[0]:.1%}, {b.ci[1]:.1%}]  fine-tune {f.rate:.1%} "
+                f"[{f.ci[0]:.1%}, {f.ci[1]:.1%}]  p={part.p_value:.3g}  degenerate "
+                f"{b.degenerate_rate:.1%} / {f.degenerate_rate:.1%}")
+        cb, cf = b.corrected, f.corrected
+        if cb is not None and cf is not None and cb.rate is not None and cf.rate is not None:
+            text += (f"\n{'':<14} corrected for the judge: base {cb.rate:.1%} [{cb.ci[0]:.1%}, {cb.ci[1]:.1%}]"
+                     f"  fine-tune {cf.rate:.1%} [{cf.ci[0]:.1%}, {cf.ci[1]:.1%}]")
         return text
 
-    replay = data["replay"]
-    lines = ["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
-             f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"]
-    if "judge" in replay:
-        judged = replay["judge"]
-        lines.append(f"judge          {judged['name']}: sensitivity {judged['sensitivity']['value']:.1%}, specificity "
-                     f"{judged['specificity']['value']:.1%} on {judged['n']} labelled responses")
+    replay, drift = data.replay, data.general_drift
+    assert replay is not None and drift is not None, "results of a replay"
+    lines = ["", line("refusal", replay.refusal), line("false refusal", replay.false_refusal),
+             f"general drift  first-token KL(base || fine-tune) = {drift.kl:.4f} nats"]
+    if replay.judge is not None:
+        judged = replay.judge
+        lines.append(f"judge          {judged.name}: sensitivity {judged.sensitivity.value:.1%}, specificity "
+                     f"{judged.specificity.value:.1%} on {judged.n} labelled responses")
     return "\n".join(lines)
 
 

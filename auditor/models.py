@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditInputError
+from auditor.results import FinetuneInfo, ModelInfo
 
 Side = Literal["base", "finetune"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -508,9 +509,11 @@ class ModelPair:
             return Checkpoint(base.model.unload(), base.tokenizer)
         return base
 
-    def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
-        finetune = {**self.finetune.describe(), "kind": self.kind, "identical_to_base": self.identical is not None}
+    def describe(self) -> tuple[ModelInfo, FinetuneInfo]:
+        """Provenance of both models for results.json."""
+        base = ModelInfo(**self.base.describe(), inferred_from=self.base_inferred_from)
+        finetune = FinetuneInfo(**self.finetune.describe(), kind=self.kind,
+                                identical_to_base=self.identical is not None)
         return base, finetune
 
 

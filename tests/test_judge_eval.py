@@ -42,7 +42,7 @@ def test_xstest_labels_and_mapped_columns(tmp_path: Path) -> None:
     items = judge_eval.load_labelled(spec)
     assert [i.label for i in items] == ["compliance", "refusal", "partial"]
     figures = judge_eval.evaluate(judge.PhraseJudge(), items).figures()
-    assert figures["accuracy"]["value"] == 1.0 and figures["recall"]["k"] == 2
+    assert figures.accuracy.value == 1.0 and figures.recall.k == 2
     out = tmp_path / "f.json"
     assert main(["judge-eval", str(path), "--prompt-column", "question", "--response-column", "completion",
                  "--label-column", "final_label", "--json", str(out)]) == 0

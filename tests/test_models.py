@@ -108,7 +108,7 @@ def test_no_op_finetunes_are_reported_as_identical(base_dir: Path, same_dir: Pat
                                                    lora_random_dir: Path, full_small_dir: Path) -> None:
     def identical(finetune: Path) -> str | None:
         pair = models.load_pair(str(base_dir), str(finetune), models.LoadOptions(low_memory=True))
-        assert pair.describe()[1]["identical_to_base"] == (pair.identical is not None)
+        assert pair.describe()[1].identical_to_base == (pair.identical is not None)
         assert (pair.identical is not None) == any("identical in function" in w for w in pair.warnings)
         return pair.identical
 
