@@ -17,9 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from auditor.audit import Audit, Inputs, load_inputs
 from auditor.models import LoadOptions, pair_from_model
 from auditor.outputs import prepare_out_dir
+from auditor.pipeline import Audit, Inputs, load_inputs
 from auditor.recipe import Recipe, load_recipe
 from auditor.results import AuditResults
 

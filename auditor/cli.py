@@ -11,10 +11,8 @@ import os
 import re
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +20,9 @@ from auditor import __version__
 from auditor.errors import AuditInputError
 
 if TYPE_CHECKING:
-    from auditor.audit import Audit
+    from auditor.api import Request
     from auditor.models import LoadOptions
+    from auditor.pipeline import Stage
     from auditor.results import AuditResults, LayerDrift, SuiteComparison
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -165,72 +164,56 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
                               chat_template=args.chat_template)
 
 
-def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
-    """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
-    cheap mistakes fail before models load."""
-    from auditor import models, outputs, recipe
-    from auditor.audit import Audit, load_inputs
+def request(args: argparse.Namespace) -> Request:
+    """The flags shared by every model command, as the library's `Request`."""
+    from auditor.api import Request
     from auditor.replay import default_cache_dir
 
-    audit_recipe = recipe.load_recipe(args.recipe)
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
-        audit_recipe = replace(audit_recipe, batch_size=args.batch_size,
-                               replay=replace(audit_recipe.replay, batch_size=args.batch_size))
-    if getattr(args, "judge_model", None):
-        audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
-    inputs = load_inputs(audit_recipe, replay=args.command != "directions")
-    out = outputs.prepare_out_dir(args.out or default_out(args.finetune))
-    options = load_options(args)
     cache_dir = None if getattr(args, "no_cache", False) else (
         (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
-    started = time.perf_counter()
-    timings = outputs.Timings()
-    with timings.stage("load"):
-        pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
-                                finetune_revision=args.finetune_revision, shared_base=shared_base)
-    return Audit(pair=pair, recipe=audit_recipe, inputs=inputs, out=out, cache_dir=cache_dir, timings=timings,
-                 started=started)
+    return Request(base=args.base, recipe=args.recipe, batch_size=args.batch_size,
+                   judge_model=getattr(args, "judge_model", None), cache_dir=cache_dir, options=load_options(args),
+                   base_revision=args.base_revision)
+
+
+def run_stage(args: argparse.Namespace, stage: Stage) -> tuple[AuditResults, Path]:
+    """One audit of --finetune against --base, up to `stage`; returns its results and output folder."""
+    from auditor import api
+
+    out = args.out or default_out(args.finetune)
+    audit = api.prepare(request(args), args.finetune, stage, out=out, finetune_revision=args.finetune_revision)
+    return audit.run(stage), out
 
 
 def run_directions(args: argparse.Namespace) -> int:
-    run = start_audit(args)
-    run.directions()
-    data = run.results()
-    run.write(data)
+    data, out = run_stage(args, "directions")
     print(summarize_layers(data.layers))
-    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
     return EXIT_OK
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    run = start_audit(args)
-    run.directions()
-    run.replay()
-    data = run.results()
-    run.write(data)
+    data, out = run_stage(args, "replay")
     print(summarize_layers(data.layers))
     print(summarize_replay(data))
-    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
     return EXIT_OK
 
 
 def run_audit(args: argparse.Namespace) -> int:
     from auditor import verdict
 
-    run = start_audit(args)
-    data = run.run()
+    data, out = run_stage(args, "audit")
     print(summarize_replay(data))
     assert data.verdict is not None and data.reasons is not None
     print(f"\nverdict: {data.verdict.upper()}")
     for reason in data.reasons:
         print(f"  - {reason}")
-    print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
+    print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions shows this file on the run's page
         with open(step_summary, "a", encoding="utf-8") as f:
-            f.write((run.out / "summary.md").read_text(encoding="utf-8") + "\n")
+            f.write((out / "summary.md").read_text(encoding="utf-8") + "\n")
     return verdict.EXIT_CODES[data.verdict]
 
 
@@ -259,15 +242,15 @@ def run_audit_many(args: argparse.Namespace) -> int:
                               + " | ".join(problems))
     named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
              for number, name in enumerate(finetunes, start=1)]
-    _, codes = audit_checkpoints(args, named, args.out or Path("reports") / "audit-many")
+    _, codes = audit_checkpoints(request(args), named, args.out or Path("reports") / "audit-many")
     return max(codes)
 
 
-def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
+def audit_checkpoints(plan: Request, named: list[tuple[str, str]],
                       out_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Audit each (folder name, fine-tune) against `args.base`, loading the base once; writes OUT/<folder>/ for
-    each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
-    from auditor import models, outputs, report, verdict
+    """Audit each (folder name, fine-tune) against the plan's base, loading the base once; writes OUT/<folder>/
+    for each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
+    from auditor import api, models, outputs, report, verdict
 
     out = outputs.prepare_out_dir(out_dir)
     index = out / "index.html"
@@ -276,10 +259,9 @@ def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
     rows, codes = [], []
     for number, (folder, name) in enumerate(named, start=1):
         print(f"\n=== {number}/{len(named)}: {name} ===")
-        args.finetune, args.finetune_revision, args.out = name, None, out / folder
         run = None
         try:
-            run = start_audit(args, shared_base=shared)
+            run = api.prepare(plan, name, "audit", out=out / folder, shared_base=shared)
             data = run.run()
         except Exception as exc:  # recorded in the index; the other checkpoints are still audited
             code = EXIT_BAD_INPUT if isinstance(exc, AuditInputError) else EXIT_INTERNAL
@@ -289,7 +271,7 @@ def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
             rows.append(report.error_row(name, f"{type(exc).__name__}: {exc}"))
             codes.append(code)
         else:
-            rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
+            rows.append(report.index_row(data, Path(folder) / "report.html"))
             assert data.verdict is not None
             codes.append(verdict.EXIT_CODES[data.verdict])
             print(f"verdict: {data.verdict.upper()}")
@@ -337,13 +319,13 @@ DEMO = {
 
 def run_demo(args: argparse.Namespace) -> int:
     from auditor import organisms
+    from auditor.api import Request
     from auditor.replay import default_cache_dir
 
     cache_dir = args.cache_dir or default_cache_dir()
     paths = organisms.build_all(cache_dir, ("aligned", *DEMO))
-    audit_args = build_parser().parse_args(["audit-many", "--base", str(paths["aligned"]), "--recipe", args.recipe,
-                                            "--cache-dir", str(cache_dir)])
-    rows, codes = audit_checkpoints(audit_args, [(name, str(paths[name])) for name in DEMO], args.out)
+    plan = Request(base=str(paths["aligned"]), recipe=args.recipe, cache_dir=cache_dir / "replay")
+    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in DEMO], args.out)
     print("\n=== demo: aligned vs each fine-tune ===")
     for name, row in zip(DEMO, rows, strict=True):
         print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({DEMO[name]})")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from auditor import attribution, behaviour, directions, judge, judge_eval, outputs, report, schema, verdict
 from auditor.activations import ChatPrompt, render
@@ -20,6 +21,8 @@ from auditor.errors import AuditInputError
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
 from auditor.results import SCHEMA, Attribution, AuditResults, GeneralDrift, Replay
+
+Stage = Literal["directions", "replay", "audit"]  # where a run stops: the commands of the same names
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,12 @@ def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> Non
 @dataclass
 class Audit:
     """An audit in progress: each stage keeps what it measured, and `results` types whatever has run.
-    `cache_dir` None disables the generation cache."""
+    `out` None writes no file; `cache_dir` None disables the generation cache."""
 
     pair: ModelPair
     recipe: Recipe
     inputs: Inputs
-    out: Path
+    out: Path | None
     cache_dir: Path | None
     timings: outputs.Timings = field(default_factory=outputs.Timings)
     started: float = field(default_factory=time.perf_counter)
@@ -153,11 +156,14 @@ class Audit:
 
     def write(self, data: AuditResults, rendered: report.Rendered | None = None) -> None:
         """Write results.json, the directions and (for a whole audit) the report as one set (see
-        outputs.write_outputs), so a failed run never leaves new files beside an earlier run's."""
+        outputs.write_outputs), so a failed run never leaves new files beside an earlier run's. The results
+        are checked against the schema even when `out` is None."""
         written = data.to_json()
         broken = schema.problems(written)
         if broken:  # a bug in the auditor, not bad input: exit 3 with the traceback
             raise RuntimeError(f"drift-audit produced results that break its own schema: {'; '.join(broken[:5])}")
+        if self.out is None:
+            return
         files = {"results.json": outputs.json_bytes(written)}
         if self.measured is not None:
             files["directions.safetensors"] = directions.directions_file(
@@ -166,15 +172,22 @@ class Audit:
             files.update(rendered.files())
         outputs.write_outputs(self.out, files)
 
-    def run(self) -> AuditResults:
-        """The whole audit; writes results.json, report.html and summary.md and returns the results."""
+    def run(self, stage: Stage = "audit") -> AuditResults:
+        """Run up to `stage` and write its files: results.json and the directions, and for a whole audit the
+        verdict, report.html and summary.md. Returns the results."""
         self.directions()
+        if stage == "directions":
+            return self._finish(None)
         self.replay()
+        if stage == "replay":
+            return self._finish(None)
         self.attribution()
         assert self.measured is not None
-        decided = verdict.decide(self.recipe.thresholds, layers=self.measured.layers[self.recipe.positions[0]],
-                                 replay=self.replayed, general_drift=self.drift, attribution=self.attributed,
-                                 identical=self.pair.identical)
+        return self._finish(verdict.decide(
+            self.recipe.thresholds, layers=self.measured.layers[self.recipe.positions[0]], replay=self.replayed,
+            general_drift=self.drift, attribution=self.attributed, identical=self.pair.identical))
+
+    def _finish(self, decided: verdict.Verdict | None) -> AuditResults:
         data = self.results(decided)
-        self.write(data, report.render(data))
+        self.write(data, report.render(data) if decided else None)
         return data
