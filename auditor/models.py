@@ -450,6 +450,7 @@ class ModelPair:
     warnings: list[str] = field(default_factory=list)
     _base: Checkpoint | None = None
     _finetune: Checkpoint | None = None
+    _resident: tuple[Side, Checkpoint] | None = None  # low-memory mode: the side loaded last (see _resident_side)
 
     @contextmanager
     def use(self, side: Side) -> Iterator[Checkpoint]:
@@ -462,17 +463,19 @@ class ModelPair:
                     yield self._base
             return
         loaded = self._base if side == "base" else self._finetune
-        if loaded is not None:
-            yield loaded
-            return
-        checkpoint = _load_checkpoint(self.base if side == "base" else self.finetune, self.options)
-        try:
-            yield checkpoint
-        finally:  # low-memory mode: free before the other side is loaded
-            del checkpoint
+        yield loaded if loaded is not None else self._resident_side(side)
+
+    def _resident_side(self, side: Side) -> Checkpoint:
+        """Low-memory mode: the one side kept in memory, loaded only when the other side was the last one used.
+        A stage asks for the same side many times in a row (attribution replays the fine-tune under every
+        intervention), so reloading on every `use` would read the checkpoint from disk a dozen times."""
+        if self._resident is None or self._resident[0] != side:
+            self._resident = None  # free the other side before this one is loaded
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self._resident = (side, _load_checkpoint(self.base if side == "base" else self.finetune, self.options))
+        return self._resident[1]
 
     def fingerprint(self, side: Side) -> str | None:
         """A hash of everything that decides what `side` computes: its weight, config, tokenizer and chat
@@ -504,7 +507,7 @@ class ModelPair:
 
     def release_base(self) -> Checkpoint | None:
         """The plain base, for the next pair (a LoRA is taken off the shared weights); this pair is spent."""
-        base, self._base, self._finetune = self._base, None, None
+        base, self._base, self._finetune, self._resident = self._base, None, None, None
         if base is not None and self.kind == "lora":
             return Checkpoint(base.model.unload(), base.tokenizer)
         return base

@@ -35,6 +35,25 @@ def test_full_finetune_low_memory_loads_in_turn(base_dir: Path, full_small_dir: 
         assert torch.equal(weight, saved)
 
 
+def test_low_memory_keeps_the_last_side_instead_of_reloading(base_dir: Path, full_small_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading is counted: a side used again in a row is not read from disk again; switching sides reloads."""
+    loaded: list[str] = []
+    real_load = models._load_checkpoint
+
+    def counting(source: models.Source, options: models.LoadOptions) -> models.Checkpoint:
+        loaded.append(source.name)
+        return real_load(source, options)
+
+    monkeypatch.setattr(models, "_load_checkpoint", counting)
+    pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
+    assert loaded == []
+    for side in ("finetune", "finetune", "finetune", "base", "base", "finetune"):
+        with pair.use(side) as checkpoint:  # type: ignore[arg-type]
+            assert checkpoint.model is not None
+    assert loaded == [str(full_small_dir), str(base_dir), str(full_small_dir)]
+
+
 @pytest.mark.parametrize("change", [{"hidden": 48}, {"layers": 3}])
 def test_mismatched_models_are_refused_naming_both(base_dir: Path, tmp_path: Path, change: dict[str, int]) -> None:
     other = make_model(tmp_path / "other", **change)
