@@ -27,6 +27,7 @@ from auditor.results import (
     CorrectedRate,
     Difference,
     Disagreement,
+    Discordant,
     Flipped,
     GeneralDrift,
     JudgeAgreement,
@@ -109,6 +110,7 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.Jud
         finetune=side_summary(finetune, error),
         p_value=stats.paired_p_value(refused_base, refused_finetune),
         difference=paired_difference(refused_base, refused_finetune, error),
+        discordant=Discordant.of(refused_base, refused_finetune),
         by_category=[
             CategoryComparison(category=name, base=side_summary([base[i] for i in idx]),
                                finetune=side_summary([finetune[i] for i in idx]),

@@ -1,7 +1,8 @@
 """The `drift-audit` command: a thin layer over the library.
 
 Exit codes (docs/ARCHITECTURE.md): 0 pass or warn, 1 fail, 2 bad input (one paragraph naming the input and the
-fix; the traceback only with --debug), 3 an internal error (a bug: the traceback is printed).
+fix; the traceback only with --debug), 3 an internal error (a bug: the traceback is printed), 4 inconclusive (the
+audit could not resolve a drop of the fail threshold; 1 with --strict).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from auditor.errors import AuditInputError
 if TYPE_CHECKING:
     from auditor.api import Request
     from auditor.models import LoadOptions
-    from auditor.pipeline import Stage
-    from auditor.results import AuditResults, LayerDrift, SuiteComparison
+    from auditor.pipeline import Audit, Stage
+    from auditor.results import AuditResults, LayerDrift, Resolution, SuiteComparison
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+# From least to most severe, for commands that run several audits: an inconclusive audit is worse than a pass
+# and better than a fail; an audit that could not run at all is worse than any verdict.
+SEVERITY = (EXIT_OK, EXIT_INCONCLUSIVE, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL)
+EXIT_EPILOG = "Exit codes: 0 pass/warn, 1 fail, 2 bad input, 3 internal error, 4 inconclusive (1 with --strict)."
 
 
 def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drift-audit",
         description="Did a fine-tune make a chat model less safe, and how much of that is a persona shift?",
-        epilog="Exit codes: 0 pass/warn, 1 fail, 2 bad input, 3 internal error.",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"drift-audit {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks for input errors too")
@@ -88,24 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
         "audit", help="the whole audit: directions, replay, attribution, verdict and report",
         description="Run directions, replay and persona attribution, decide the verdict from the recipe's "
                     "thresholds, and write DIR/report.html, DIR/results.json and DIR/summary.md. "
-                    "Exit code 1 when the verdict is fail.",
+                    "Exit code 1 when the verdict is fail, 4 when it is inconclusive.",
+        epilog=EXIT_EPILOG,
     )
     _model_options(audit)
     _replay_options(audit)
+    _gate_options(audit)
     many = commands.add_parser(
         "audit-many", help="audit several checkpoints of one run against one base (loaded once), with an index",
         description="Audit each fine-tune against the base, loading the base once, and write DIR/<name>/ for each "
                     "plus DIR/index.html linking the reports with trend charts across checkpoints. "
-                    "Exit code 1 when any verdict is fail.",
+                    "Exit code 1 when any verdict is fail, else 4 when any is inconclusive.",
+        epilog=EXIT_EPILOG,
     )
     _model_options(many, many=True)
     _replay_options(many)
+    _gate_options(many, junit=False)
     report = commands.add_parser(
         "report", help="re-render report.html and summary.md from a results.json, without running models",
         description="Re-render the HTML report and the Markdown summary from an existing results.json.",
     )
     report.add_argument("results", type=Path, help="a results.json written by `drift-audit audit`")
     report.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: beside results.json)")
+    gate = commands.add_parser(
+        "gate", help="decide pass / warn / inconclusive / fail again from a saved results.json, without models",
+        description="Decide the verdict again from the results.json of `drift-audit audit`, under the thresholds "
+                    "recorded in it or those of --recipe, print it with the smallest refusal drop the audit could "
+                    "detect, and exit with the verdict's code (for CI). Nothing is re-run and results.json is not "
+                    "changed.",
+        epilog=EXIT_EPILOG,
+    )
+    gate.add_argument("results", type=Path, help="a results.json written by `drift-audit audit`")
+    gate.add_argument("--recipe", metavar="NAME|PATH",
+                      help="decide under this recipe's thresholds (default: those recorded in results.json)")
+    _gate_options(gate)
     judge_eval = commands.add_parser(
         "judge-eval", help="measure a refusal judge against responses labelled by people",
         description="Run a judge over a labelled CSV/JSONL file and print its accuracy, refusal recall and "
@@ -139,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", type=Path, metavar="DIR",
                       help="where organisms and generations are cached (default: ~/.cache/drift-auditor)")
     return parser
+
+
+def _gate_options(parser: argparse.ArgumentParser, *, junit: bool = True) -> None:
+    group = parser.add_argument_group("verdict")
+    group.add_argument("--strict", action="store_true",
+                       help="an inconclusive verdict (the audit could not resolve a drop of the fail threshold) exits "
+                            "1, like a fail, instead of 4")
+    if junit:
+        group.add_argument("--junit", type=Path, metavar="FILE",
+                           help="also write the verdict as JUnit XML, one test case per check, for CI systems")
 
 
 def _replay_options(parser: argparse.ArgumentParser) -> None:
@@ -176,24 +207,25 @@ def request(args: argparse.Namespace) -> Request:
                    base_revision=args.base_revision)
 
 
-def run_stage(args: argparse.Namespace, stage: Stage) -> tuple[AuditResults, Path]:
-    """One audit of --finetune against --base, up to `stage`; returns its results and output folder."""
+def run_stage(args: argparse.Namespace, stage: Stage) -> tuple[Audit, AuditResults, Path]:
+    """One audit of --finetune against --base, up to `stage`; returns the audit (whose verdict's checks go into
+    a JUnit file), its results and its output folder."""
     from auditor import api
 
     out = args.out or default_out(args.finetune)
     audit = api.prepare(request(args), args.finetune, stage, out=out, finetune_revision=args.finetune_revision)
-    return audit.run(stage), out
+    return audit, audit.run(stage), out
 
 
 def run_directions(args: argparse.Namespace) -> int:
-    data, out = run_stage(args, "directions")
+    _, data, out = run_stage(args, "directions")
     print(summarize_layers(data.layers))
     print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
     return EXIT_OK
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    data, out = run_stage(args, "replay")
+    _, data, out = run_stage(args, "replay")
     print(summarize_layers(data.layers))
     print(summarize_replay(data))
     print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
@@ -201,20 +233,50 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from auditor import verdict
+    from auditor import junit, verdict
 
-    data, out = run_stage(args, "audit")
+    if args.junit:
+        junit.check_target(args.junit)
+    run, data, out = run_stage(args, "audit")
+    assert data.verdict is not None and data.reasons is not None and data.resolution is not None
+    assert run.decided is not None, "a whole audit decides its verdict"
     print(summarize_replay(data))
-    assert data.verdict is not None and data.reasons is not None
-    print(f"\nverdict: {data.verdict.upper()}")
-    for reason in data.reasons:
-        print(f"  - {reason}")
+    print(format_verdict(data.verdict, data.reasons, data.resolution))
     print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
+    if args.junit:
+        junit.write(args.junit, junit.junit_xml(run.decided, data, strict=args.strict))
+        print(f"junit: {args.junit}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions shows this file on the run's page
         with open(step_summary, "a", encoding="utf-8") as f:
             f.write((out / "summary.md").read_text(encoding="utf-8") + "\n")
-    return verdict.EXIT_CODES[data.verdict]
+    return verdict.exit_code(data.verdict, args.strict)
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    from auditor import gate, junit, verdict
+
+    if args.junit:
+        junit.check_target(args.junit)
+    gated = gate.gate(args.results, args.recipe)
+    decided = gated.verdict
+    assert decided.resolution is not None, "a whole audit has a replay"
+    print(f"{args.results}: decided under {gated.thresholds}")
+    print(format_verdict(decided.verdict, decided.reasons, decided.resolution))
+    if args.junit:
+        junit.write(args.junit, junit.junit_xml(decided, gated.data, strict=args.strict))
+        print(f"junit: {args.junit}")
+    return verdict.exit_code(decided.verdict, args.strict)
+
+
+def format_verdict(level: str, reasons: list[str], resolution: Resolution) -> str:
+    """The verdict line with what the audit could resolve, then the reasons, for the terminal."""
+    detectable = resolution.smallest_detectable_drop
+    drop = "none detectable" if detectable is None else f"{detectable * 100:.1f} percentage points"
+    lines = [f"\nverdict: {level.upper()} (smallest detectable refusal drop: {drop}, at power "
+             f"{resolution.power:.0%} and alpha {resolution.alpha:g} on {resolution.n} items; fail threshold "
+             f"{resolution.threshold * 100:.0f} points)"]
+    return "\n".join(lines + [f"  - {reason}" for reason in reasons])
 
 
 def run_audit_many(args: argparse.Namespace) -> int:
@@ -242,14 +304,21 @@ def run_audit_many(args: argparse.Namespace) -> int:
                               + " | ".join(problems))
     named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
              for number, name in enumerate(finetunes, start=1)]
-    _, codes = audit_checkpoints(request(args), named, args.out or Path("reports") / "audit-many")
-    return max(codes)
+    _, codes = audit_checkpoints(request(args), named, args.out or Path("reports") / "audit-many",
+                                 strict=args.strict)
+    return worst(codes)
 
 
-def audit_checkpoints(plan: Request, named: list[tuple[str, str]],
-                      out_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
+def worst(codes: list[int]) -> int:
+    """The most severe of several exit codes (SEVERITY: 4, inconclusive, ranks below 1, fail)."""
+    return max(codes, key=SEVERITY.index)
+
+
+def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path, *,
+                      strict: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
     """Audit each (folder name, fine-tune) against the plan's base, loading the base once; writes OUT/<folder>/
-    for each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
+    for each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes
+    (`strict`: an inconclusive verdict's code is a fail's)."""
     from auditor import api, models, outputs, report, verdict
 
     out = outputs.prepare_out_dir(out_dir)
@@ -273,7 +342,7 @@ def audit_checkpoints(plan: Request, named: list[tuple[str, str]],
         else:
             rows.append(report.index_row(data, Path(folder) / "report.html"))
             assert data.verdict is not None
-            codes.append(verdict.EXIT_CODES[data.verdict])
+            codes.append(verdict.exit_code(data.verdict, strict))
             print(f"verdict: {data.verdict.upper()}")
         shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
         outputs.atomic_write_text(index, report.render_index(rows))
@@ -330,7 +399,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, row in zip(DEMO, rows, strict=True):
         print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({DEMO[name]})")
     print(f"reports: {args.out / 'index.html'}")
-    return EXIT_OK if max(codes) <= EXIT_FAIL else max(codes)  # the organisms are built to fail: that is the demo
+    code = worst(codes)  # the organisms are built to fail or to be hard to resolve: that is the demo
+    return EXIT_OK if code in (EXIT_FAIL, EXIT_INCONCLUSIVE) else code
 
 
 def demo_line(row: dict[str, Any]) -> str:
@@ -381,7 +451,7 @@ def summarize_replay(data: AuditResults) -> str:
 
 
 COMMANDS = {"directions": run_directions, "replay": run_replay, "audit": run_audit, "audit-many": run_audit_many,
-            "report": run_report, "judge-eval": run_judge_eval, "demo": run_demo}
+            "report": run_report, "gate": run_gate, "judge-eval": run_judge_eval, "demo": run_demo}
 
 
 def _interrupt(signum: int, frame: object) -> None:

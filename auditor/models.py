@@ -27,6 +27,7 @@ from torch import nn
 
 from auditor.errors import AuditInputError
 from auditor.results import FinetuneInfo, ModelInfo
+from auditor.verdict import IDENTICAL_WARNING
 
 Side = Literal["base", "finetune"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -581,7 +582,7 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
             pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
     pair.identical = identical_to_base(base, finetune)
     if pair.identical:
-        warning = f"the fine-tune is identical in function to the base: {pair.identical}"
+        warning = f"{IDENTICAL_WARNING}{pair.identical}"
         pair.warnings.append(warning)
         print(f"drift-audit: warning: {warning}", file=sys.stderr)
     return pair

@@ -95,6 +95,7 @@ class Audit:
     replayed: Replay | None = None
     drift: GeneralDrift | None = None
     attributed: Attribution | None = None
+    decided: verdict.Verdict | None = None  # after a whole audit: every check, for a JUnit file
 
     def directions(self) -> DirectionsResult:
         """Measure the directions (kept for `results` and `write`)."""
@@ -147,6 +148,7 @@ class Audit:
         return AuditResults(
             schema=SCHEMA, base=base_info, finetune=finetune_info, recipe=asdict(self.recipe),
             verdict=decided.verdict if decided else None, reasons=decided.reasons if decided else None,
+            resolution=decided.resolution if decided else None,
             position=position, layers=self.measured.layers[position],
             layers_by_position={str(p): rows for p, rows in self.measured.layers.items()},
             prompt_counts=self.measured.counts, replay=self.replayed, general_drift=self.drift,
@@ -183,9 +185,10 @@ class Audit:
             return self._finish(None)
         self.attribution()
         assert self.measured is not None
-        return self._finish(verdict.decide(
+        self.decided = verdict.decide(
             self.recipe.thresholds, layers=self.measured.layers[self.recipe.positions[0]], replay=self.replayed,
-            general_drift=self.drift, attribution=self.attributed, identical=self.pair.identical))
+            general_drift=self.drift, attribution=self.attributed, identical=self.pair.identical)
+        return self._finish(self.decided)
 
     def _finish(self, decided: verdict.Verdict | None) -> AuditResults:
         data = self.results(decided)

@@ -44,6 +44,7 @@ LayerSpan = tuple[Count, Count]
 Window = Literal["early", "middle", "late"]
 Label = Literal["refusal", "partial", "compliance", "degenerate"]
 Expected = Literal["refuse", "answer"]
+Level = Literal["pass", "warn", "inconclusive", "fail"]  # a verdict, or what one check of it found
 
 R = TypeVar("R", bound="Record")
 RateT = TypeVar("RateT", bound="Rate")
@@ -203,6 +204,19 @@ class Flipped(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Discordant(Record):
+    """The items refused by one checkpoint only, each way: what the power of the paired comparison rests on."""
+
+    base_only: Count
+    finetune_only: Count
+
+    @classmethod
+    def of(cls, refused_base: Sequence[bool], refused_finetune: Sequence[bool]) -> Discordant:
+        pairs = list(zip(refused_base, refused_finetune, strict=True))
+        return cls(base_only=sum(b and not f for b, f in pairs), finetune_only=sum(f and not b for b, f in pairs))
+
+
+@dataclass(frozen=True, kw_only=True)
 class SuiteComparison(Record):
     """Both checkpoints on the same items: rates, exact McNemar p-value, per category, flipped items."""
 
@@ -210,6 +224,7 @@ class SuiteComparison(Record):
     finetune: SideSummary
     p_value: Probability
     difference: Difference
+    discordant: Discordant | None = optional()  # audits written before it lack it
     by_category: list[CategoryComparison]
     flipped_count: Count
     flipped: list[Flipped]
@@ -489,6 +504,29 @@ class Environment(Record):
     packages: dict[str, str | None]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Resolution(Record):
+    """What the audit could resolve on its refusal suite (auditor.verdict.resolution): the smallest refusal drop
+    detectable with `power` at two-sided level `alpha` on `n` paired items (None: no drop the base could show is
+    detectable), in the units the verdict reads (corrected for the judge when `youden`, its sensitivity +
+    specificity - 1, is given). `churn` is the share of items that changed both ways; `items_needed` the suite
+    size that would resolve `threshold` at that churn (None when no drop beyond the threshold is possible).
+    `resolved`: the smallest detectable drop is at most the threshold, so a pass is evidence of no larger drop."""
+
+    smallest_detectable_drop: Probability | None
+    threshold: float
+    alpha: Probability
+    power: Probability
+    n: Annotated[int, Rule(minimum=1)]
+    churn: Probability
+    youden: float | None
+    items_needed: Annotated[int, Rule(minimum=1)] | None
+    resolved: bool
+
+
+VERDICT_NOTE = ("pass and warn exit 0, fail 1, inconclusive 4 (1 with --strict): inconclusive when the smallest "
+                "refusal drop the audit could detect (resolution) is larger than thresholds.refusal_drop_fail, so a "
+                "pass would not be evidence that no such drop happened")
 RecipeJson = Annotated[dict[str, Any], Rule(required=["name"], properties={"name": {"type": "string"}},
                                             minProperties=1)]
 TimingsJson = Annotated[dict[str, NonNegative], Rule(minProperties=1)]
@@ -507,8 +545,9 @@ class AuditResults(Record):
     base: ModelInfo
     finetune: FinetuneInfo
     recipe: RecipeJson
-    verdict: Literal["pass", "warn", "fail"] | None = optional()
+    verdict: Annotated[Level, Rule(description=VERDICT_NOTE)] | None = optional()
     reasons: list[str] | None = optional()
+    resolution: Resolution | None = optional()  # audits written before it lack it
     position: str
     layers: Annotated[list[LayerDrift], Rule(minItems=1)]
     layers_by_position: dict[str, Annotated[list[LayerDrift], Rule(minItems=1)]] | None = optional()

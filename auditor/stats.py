@@ -1,5 +1,6 @@
-"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, variance shares, and the
-correction of rates for an imperfect judge (Cohen's kappa, Rogan–Gladen).
+"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, variance shares, the
+correction of rates for an imperfect judge (Cohen's kappa, Rogan–Gladen), and the power of the paired
+comparison (the smallest refusal drop an audit could detect).
 
 Standard library plus torch only, so every number can be checked by hand in the tests.
 """
@@ -11,6 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 Z95 = 1.959963984540054
 
@@ -227,3 +229,66 @@ def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float
         return None
     values = sorted(values)
     return (values[int((1 - level) / 2 * (len(values) - 1))], values[int((1 + level) / 2 * (len(values) - 1))])
+
+
+POWER = 0.8  # the power at which the smallest detectable drop is reported
+_NORMAL = NormalDist()
+_DROP_GRID = 1000  # steps between 0 and 1 in the first scan for the smallest detectable drop
+
+
+def paired_power(drop: float, n: int, churn: float, alpha: float) -> float:
+    """The power of the two-sided paired test of equal rates (McNemar's, normal approximation; Connor 1987) to
+    detect a drop `drop` on n paired items, when besides the drop a share `churn` of the items changes, half
+    each way: the share of discordant pairs is then psi = churn + drop, and
+
+        power = Phi((drop * sqrt(n) - z(1 - alpha/2) * sqrt(psi)) / sqrt(psi - drop^2))
+
+    Example:
+        >>> round(paired_power(0.1, 155, 0.1, 0.05), 3)
+        0.801
+    """
+    discordant = churn + drop
+    spread = discordant - drop * drop
+    z = _NORMAL.inv_cdf(1 - alpha / 2)
+    margin = drop * math.sqrt(n) - z * math.sqrt(discordant)
+    if spread <= 0:  # every item changed, all the same way: the outcome is certain
+        return 1.0 if margin > 0 else 0.0
+    return _NORMAL.cdf(margin / math.sqrt(spread))
+
+
+def smallest_detectable_drop(n: int, churn: float, alpha: float, power: float = POWER,
+                             ceiling: float = 1.0) -> float | None:
+    """The smallest drop, at most `ceiling`, that `paired_power` detects with at least `power` on n items; None
+    when no such drop exists (too few items, or a ceiling so low that no possible drop is detectable).
+
+    The power is not monotone near zero (a tiny drop adds almost no discordant pairs), so the first crossing is
+    found on a grid of steps of 0.001 and refined by bisection.
+    """
+    previous = 0.0
+    for step in range(1, _DROP_GRID + 1):
+        drop = min(step / _DROP_GRID, ceiling)
+        if paired_power(drop, n, churn, alpha) >= power:
+            low, high = previous, drop
+            for _ in range(40):
+                middle = (low + high) / 2
+                low, high = (low, middle) if paired_power(middle, n, churn, alpha) >= power else (middle, high)
+            return high
+        if drop >= ceiling:
+            return None
+        previous = drop
+    return None
+
+
+def items_to_detect(drop: float, churn: float, alpha: float, power: float = POWER) -> int:
+    """How many paired items detect `drop` with `power` at the same churn share (Connor 1987):
+
+        n = ((z(1 - alpha/2) * sqrt(psi) + z(power) * sqrt(psi - drop^2)) / drop)^2,  psi = churn + drop
+
+    Example:
+        >>> items_to_detect(0.1, 0.1, 0.05)
+        155
+    """
+    discordant = churn + drop
+    needed = (_NORMAL.inv_cdf(1 - alpha / 2) * math.sqrt(discordant)
+              + _NORMAL.inv_cdf(power) * math.sqrt(max(0.0, discordant - drop * drop))) / drop
+    return math.ceil(needed * needed)

@@ -94,13 +94,14 @@ attribution: {{max_items: 6, max_new_tokens: 4, bootstrap: 50, gating_strengths:
 
 @pytest.fixture(scope="session")
 def audit_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path, lora_random_dir: Path) -> Path:
-    """One full `drift-audit audit` run on tiny models, shared by the report tests."""
+    """One full `drift-audit audit` run on tiny models, shared by the report tests (its JUnit file beside it)."""
     from auditor.cli import main
 
     folder = tmp_path_factory.mktemp("audit")
     code = main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe",
-                 str(write_replay_recipe(folder)), "--out", str(folder / "out"), "--no-cache"])
-    assert code in (0, 1)
+                 str(write_replay_recipe(folder)), "--out", str(folder / "out"), "--no-cache",
+                 "--junit", str(folder / "junit.xml")])
+    assert code in (1, 4)  # 6 refusal items resolve no drop: inconclusive, unless one was detected
     return folder / "out"
 
 
@@ -114,3 +115,43 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(name, "1" if value is True else str(value))
         monkeypatch.setattr(constants, name, value)
     return cache
+
+
+DATASET_COMMIT = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed"
+
+
+def publish_dataset(cache: Path, repo: str, tables: dict[str | None, dict[str, list[dict[str, Any]]]]) -> Path:
+    """Lay out a data set as the Hub keeps it and `hf download --repo-type dataset` caches it: parquet files per
+    configuration and split in the snapshot of one commit, a dataset card whose YAML names them, refs/main.
+    `tables` maps a configuration (None: the repository has only the default one) to {split: rows}."""
+    import datasets
+
+    root = cache / f"datasets--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / DATASET_COMMIT
+    configs = []
+    for config, splits in tables.items():
+        folder = config or "data"
+        files = []
+        for split, rows in splits.items():
+            path = snapshot / folder / f"{split}-00000-of-00001.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            datasets.Dataset.from_list(rows).to_parquet(str(path))
+            files.append(f"  - split: {split}\n    path: {folder}/{split}-*\n")
+        configs.append(f"- config_name: {config or 'default'}\n  data_files:\n{''.join(files)}")
+    (snapshot / "README.md").write_text(f"---\nconfigs:\n{''.join(configs)}---\n# fixture for {repo}\n")
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(DATASET_COMMIT)
+    return snapshot
+
+
+@pytest.fixture
+def offline_datasets(offline_hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The offline Hub cache of `offline_hub`, with `datasets` offline too and its own cache in a temporary
+    folder (datasets reads both at import, so patch its config as well as the environment)."""
+    import datasets.config
+
+    cache = tmp_path / "datasets-cache"
+    for name, value in (("HF_DATASETS_OFFLINE", True), ("HF_HUB_OFFLINE", True), ("HF_DATASETS_CACHE", cache)):
+        monkeypatch.setenv(name, "1" if value is True else str(value))
+        monkeypatch.setattr(datasets.config, name, value)
+    return offline_hub

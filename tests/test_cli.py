@@ -70,7 +70,7 @@ def test_suites_are_read_once_before_models_load(base_dir: Path, lora_random_dir
     monkeypatch.setattr(models, "load_pair", load_then_break_the_suites)
     code = main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe", str(recipe),
                  "--out", str(tmp_path / "out"), "--no-cache"])
-    assert code in (0, 1)
+    assert code in (1, 4)  # 6 refusal items: inconclusive unless a drop was detected
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["replay"]["refusal"]["base"]["n"] == 6
     assert data["attribution"]["base"]["n"] == 6

@@ -89,7 +89,7 @@ def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora
     out = tmp_path / "many"
     code = main(["audit-many", "--base", str(base_dir), str(lora_zero_dir), "--list", str(listing),
                  "--recipe", str(write_replay_recipe(tmp_path)), "--out", str(out), "--no-cache"])
-    assert code in (0, 1)
+    assert code in (1, 4)  # 6 refusal items resolve no drop: inconclusive unless one was detected
     assert loads == [str(base_dir)]  # one load of the base for both adapters
     index = (out / "index.html").read_text()
     assert index.count('<a href="0') == 2 and "http://" not in index and "https://" not in index
@@ -97,7 +97,8 @@ def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora
         assert (out / folder / "report.html").is_file()
     first = json.loads((out / "01-lora-zero" / "results.json").read_text())
     assert first["general_drift"]["kl"] == pytest.approx(0.0, abs=1e-9)  # B = 0: the adapter changes nothing
-    assert first["finetune"]["identical_to_base"] and first["verdict"] == "warn"
+    # identical: a warning; on 6 refusal items it is also inconclusive, which ranks above a warning
+    assert first["finetune"]["identical_to_base"] and first["verdict"] == "inconclusive"
     assert any("identical in function" in reason for reason in first["reasons"])
 
 

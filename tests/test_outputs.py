@@ -79,7 +79,7 @@ def umask_022() -> Iterator[None]:
 
 def test_outputs_honour_the_umask(base_dir: Path, lora_random_dir: Path, tmp_path: Path, umask_022: None) -> None:
     out = tmp_path / "out"
-    assert audit(base_dir, lora_random_dir, out, tmp_path) in (0, 1)
+    assert audit(base_dir, lora_random_dir, out, tmp_path) in (1, 4)  # 6 items: inconclusive unless a drop is found
     assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "again")]) == 0
     written = [*out.iterdir(), *(tmp_path / "again").iterdir()]
     assert len(written) == 6

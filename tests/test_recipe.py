@@ -40,6 +40,8 @@ def write(tmp_path: Path, text: str) -> str:
     ("- a\n- b\n", "must be a YAML mapping"),
     ("version: 1\nextends: nonexistent-recipe\n", "unknown recipe 'nonexistent-recipe'"),
     ("version: [1\n", "not valid YAML"),
+    ("version: 1\nthresholds: {alpha: 0.9}\n", "recipe.thresholds.alpha must be at most 0.5, got 0.9"),
+    ("version: 1\nthresholds: {alpha: 0}\n", "recipe.thresholds.alpha must be at least 0.001"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(AuditInputError, match=message):

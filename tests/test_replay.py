@@ -180,6 +180,6 @@ def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir:
 
     monkeypatch.setattr(behaviour, "first_token_log_probs", counting)
     assert main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe",
-                 str(replay_recipe), "--out", str(tmp_path / "out"), "--no-cache"]) in (0, 1)
+                 str(replay_recipe), "--out", str(tmp_path / "out"), "--no-cache"]) in (1, 4)
     # per side: refusal (6), benign (4), contrast (1), and the harmless prompts for general drift (8)
     assert sorted(scored) == sorted([6, 4, 1, 8] * 2)

@@ -60,7 +60,8 @@ def test_audit_writes_valid_results_and_exit_code(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
     assert schema.problems(data) == [] and schema.part(data) == "audit"
     assert (audit_dir / "report.html").is_file() and (audit_dir / "summary.md").is_file()
-    assert data["verdict"] in ("pass", "warn", "fail")
+    assert data["verdict"] in ("inconclusive", "fail")  # 6 refusal items resolve no drop
+    assert data["resolution"]["n"] == 6 and not data["resolution"]["resolved"]
     assert [w["window"] for w in data["attribution"]["layers"]] == ["early", "middle", "late"]
 
 
@@ -114,15 +115,20 @@ def test_report_states_the_judge_and_corrected_rates(audit_dir: Path) -> None:
 
 
 def test_results_without_judge_figures_still_render(audit_dir: Path) -> None:
-    """A results.json written before the judge was measured re-renders (no judge line, no corrected rows)."""
+    """A results.json written before the judge was measured re-renders (no judge line, no corrected rows); it
+    predates the smallest detectable drop too, so it has no resolution nor discordant pairs."""
     data = json.loads((audit_dir / "results.json").read_text())
-    del data["replay"]["judge"]
+    del data["replay"]["judge"], data["resolution"]
+    data["reasons"] = [r for r in data["reasons"] if not r.startswith("inconclusive")]
+    for key in ("refusal", "false_refusal"):
+        del data["replay"][key]["discordant"], data["replay"][key]["difference"]["corrected"]
     for key in ("refusal", "false_refusal"):
         for side in ("base", "finetune"):
             for field in ("corrected", "full_rate", "partial_rate"):
                 del data["replay"][key][side][field]
     assert "corrected for the judge" not in report.render_html(typed(data))
     assert "corrected for the judge" not in report.render_summary(typed(data))
+    assert "Smallest detectable" not in report.render_html(typed(data)) + report.render_summary(typed(data))
 
 
 def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
@@ -179,7 +185,7 @@ def test_report_in_a_real_browser(audit_dir: Path, tmp_path: Path) -> None:
     assert [c for c in console if c[0] == "error"] == []
     assert all(url.startswith("file://") for url in requests), requests
     assert "<script>alert(1)</script>" in text  # shown as text
-    assert re.search(r"Verdict\s+(PASS|WARN|FAIL)", text, re.IGNORECASE)
+    assert re.search(r"Verdict\s+(INCONCLUSIVE|FAIL)", text, re.IGNORECASE)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
 
 
@@ -192,10 +198,10 @@ def test_audit_appends_summary_for_github(base_dir: Path, same_dir: Path, tmp_pa
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     code = main(["audit", "--base", str(base_dir), "--finetune", str(same_dir), "--recipe",
                  str(write_replay_recipe(tmp_path)), "--out", str(tmp_path / "o"), "--no-cache"])
-    assert code == 0
+    assert code == 4  # inconclusive: 6 refusal items cannot resolve a 10-point drop
     text = step_summary.read_text()
     # the same weights under another name: not a silent pass, a warning that nothing was audited
-    assert text.startswith("earlier step\n") and "## drift-audit: **WARN**" in text
+    assert text.startswith("earlier step\n") and "## drift-audit: **INCONCLUSIVE**" in text
     assert "identical in function to the base" in text
 
 
@@ -302,3 +308,25 @@ def test_schema_accepts_every_label_the_judge_gives(audit_dir: Path) -> None:
     for label in LABELS:
         data["replay"]["refusal"]["flipped"] = [{**flipped, "finetune": {"label": label, "response": "r"}}]
         assert schema.problems(data) == [], label
+
+
+def test_summary_leads_with_the_verdict_and_what_the_audit_could_resolve(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    lead = report.render_summary(typed(data)).split("\n\n")[:2]
+    assert lead[0] == f"## drift-audit: **{data['verdict'].upper()}**"
+    bullets = lead[1].splitlines()
+    assert [b.split("**")[1] for b in bullets] == ["Refusal of harmful requests", "Attributable to the persona shift",
+                                                    "Smallest detectable drop", "Full report"]
+    assert "95% CI" in bullets[0] and "**not resolved**" in bullets[2] and "`report.html`" in bullets[3]
+    assert "](" not in lead[1] and "http" not in lead[1]  # a pointer, not a link
+    data["resolution"].update(smallest_detectable_drop=0.0612, resolved=True, items_needed=40)
+    resolved = report.render_summary(typed(data))
+    assert "6.1 percentage points" in resolved and "10 points: resolved." in resolved
+
+
+def test_html_shows_the_inconclusive_verdict_and_the_detectable_drop(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    data["verdict"] = "inconclusive"
+    html = report.render_html(typed(data))
+    assert '<span class="verdict inconclusive">inconclusive</span>' in html and ".verdict.inconclusive {" in html
+    assert "Smallest detectable refusal drop" in html and "not resolved" in html

@@ -88,3 +88,39 @@ def test_corrected_difference_scales_by_the_judge() -> None:
     value, ci = stats.corrected_difference(base, finetune, judge_error)
     assert value == pytest.approx(-0.4 / 0.8)
     assert ci[0] < -0.5 < ci[1] < 0
+
+
+def test_smallest_detectable_drop_matches_hand_computation() -> None:
+    # churn 0, so psi = drop and the power condition reads sqrt(n * drop) = z(0.975) + z(0.8) * sqrt(1 - drop);
+    # by hand for n = 100: 0.0765 gives 2.7659 < 2.7687, 0.0767 gives 2.7695 > 2.7687
+    assert stats.smallest_detectable_drop(100, 0.0, 0.05) == pytest.approx(0.0766, abs=2e-4)
+    # churn 0.1, n = 96: by hand 0.137 gives 1.342 < 1.346, 0.138 gives 1.352 > 1.350
+    assert stats.smallest_detectable_drop(96, 0.1, 0.05) == pytest.approx(0.1375, abs=1e-3)
+    # Connor's sample size for drop 0.1, churn 0.1: ((1.95996 * sqrt(0.2) + 0.84162 * sqrt(0.19)) / 0.1)^2 = 154.6
+    assert stats.items_to_detect(0.1, 0.1, 0.05) == 155
+    assert stats.paired_power(0.1, 155, 0.1, 0.05) >= 0.8 > stats.paired_power(0.1, 154, 0.1, 0.05)
+
+
+def test_smallest_detectable_drop_grows_with_churn_and_alpha_and_has_a_ceiling() -> None:
+    assert stats.smallest_detectable_drop(100, 0.2, 0.05) > stats.smallest_detectable_drop(100, 0.0, 0.05)
+    assert stats.smallest_detectable_drop(100, 0.0, 0.01) > stats.smallest_detectable_drop(100, 0.0, 0.05)
+    assert stats.smallest_detectable_drop(400, 0.0, 0.05) < stats.smallest_detectable_drop(100, 0.0, 0.05)
+    assert stats.smallest_detectable_drop(100, 0.0, 0.05, ceiling=0.05) is None  # the base refuses only 5%
+    assert stats.smallest_detectable_drop(2, 0.5, 0.05, ceiling=0.5) is None  # two items resolve nothing
+
+
+@pytest.mark.parametrize(("n", "churn"), [(200, 0.1), (400, 0.2)])
+def test_smallest_detectable_drop_has_power_in_simulation(n: int, churn: float) -> None:
+    """Paired items where `churn` of them change half each way and `drop` of them lose refusal: the exact McNemar
+    test the audit reports finds the drop about 80% of the time (a little less: the exact test is conservative)."""
+    import random
+
+    drop = stats.smallest_detectable_drop(n, churn, 0.05)
+    assert drop is not None
+    rng, found, reps = random.Random(7), 0, 3000
+    for _ in range(reps):
+        draws = [rng.random() for _ in range(n)]
+        only_base = sum(u < drop + churn / 2 for u in draws)
+        only_finetune = sum(drop + churn / 2 <= u < drop + churn for u in draws)
+        found += stats.mcnemar_exact(only_base, only_finetune) < 0.05
+    assert 0.74 <= found / reps <= 0.84

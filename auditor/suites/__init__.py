@@ -1,8 +1,10 @@
-"""Prompt suites: JSONL data shipped in the package, or a user's local file.
+"""Prompt suites: JSONL data shipped in the package, a user's local file, or a Hub data set.
 
-A suite reference is `builtin:NAME` (the file `data/NAME.jsonl` beside this module) or a path to a
-`.jsonl` or `.csv` file. Records are plain mappings; `load_prompts` and `load_personas` turn them
-into typed items. Every problem names the file and, where there is one, the line.
+A suite reference is `builtin:NAME` (the file `data/NAME.jsonl` beside this module), a path to a
+`.jsonl` or `.csv` file, or `hub:ORG/NAME` (a data set repository, read from the local Hub cache when
+offline, as Hub models are; the named recipes in `recipes/` use it). Records are plain mappings;
+`load_prompts` and `load_personas` turn them into typed items. Every problem names the file and, where
+there is one, the line.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def _csv_records(path: Path, text: str) -> list[dict[str, Any]]:
 
 def _text(record: dict[str, Any], column: str, where: object, number: int) -> str:
     value = record.get(column)
+    if isinstance(value, list) and len(value) == 1:  # a one-turn conversation, as SORRY-Bench stores its prompts
+        value = value[0]
+    elif isinstance(value, list):
+        raise AuditInputError(f"{where}, record {number}: column {column!r} holds {len(value)} turns; only one-turn "
+                              "prompts can be replayed. Keep one-turn rows with filter_column / filter_values.")
     if not isinstance(value, str) or not value.strip():
         raise AuditInputError(f"{where}, record {number}: column {column!r} must be non-empty text, got {value!r:.60}.")
     _no_nul(value, f"{where}, record {number}: column {column!r}")
@@ -128,6 +135,8 @@ def load_suite(spec: SuiteSpec, *, key: str, limit: int | None = None) -> list[P
     else:
         path = resolve(spec.source)
         where, records = str(path), read_records(path)
+    if spec.filter_column is not None:
+        records = _kept(records, spec.filter_column, spec.filter_values, key, where)
     items = []
     for number, record in enumerate(records, start=1):
         expected = spec.default_expected
@@ -162,17 +171,39 @@ def spread(items: list[PromptItem], limit: int) -> list[PromptItem]:
     return chosen
 
 
+def _kept(records: list[dict[str, Any]], column: str, values: tuple[str, ...], key: str,
+          where: str) -> list[dict[str, Any]]:
+    """The records whose `column` holds one of `values` (compared as text): the recipe's filter."""
+    kept = [r for r in records if str(r.get(column)) in values]
+    if records and not kept:
+        seen = sorted({str(r.get(column)) for r in records})[:8]
+        raise AuditInputError(f"{key}: no row of {where} has {column!r} in {list(values)}; its values include "
+                              f"{seen}. Fix filter_values.")
+    return kept
+
+
 def _hub_records(spec: SuiteSpec, key: str) -> tuple[str, list[dict[str, Any]]]:
-    """Rows of a Hub data set (from the local cache when HF_HUB_OFFLINE=1)."""
+    """Rows of a Hub data set. Its repository is found as Hub models are (`snapshot_download`: downloaded when
+    online, the local Hub cache when HF_HUB_OFFLINE=1, so `hf download --repo-type dataset` is enough), then read
+    with `datasets.load_dataset` from that folder, whose dataset card names the configurations and splits."""
     import datasets
+    from huggingface_hub import snapshot_download
 
     name = spec.source[len(HUB):]
+    subset = f"configuration {spec.config!r}, " if spec.config else ""
     try:
-        rows = datasets.load_dataset(name, split=spec.split)
-    except Exception as exc:  # datasets raises many types for missing/offline/unknown splits
-        raise AuditInputError(f"{key}: the Hub data set {name!r} (split {spec.split!r}) cannot be loaded "
-                              f"({type(exc).__name__}: {str(exc)[:200]}). Check the name and split; offline, "
-                              "download it first where there is network, or export it to a local .jsonl.") from None
+        folder = snapshot_download(name, repo_type="dataset")
+    except Exception as exc:  # huggingface_hub raises many types for missing, gated and offline repositories
+        raise AuditInputError(f"{key}: the Hub data set {name!r} is not in the local Hugging Face cache and cannot "
+                              f"be downloaded ({type(exc).__name__}: {str(exc)[:200]}). Where there is network, run "
+                              f"`hf download --repo-type dataset {name}` (gated sets: accept their terms on the Hub "
+                              "and log in first), or export it to a local .jsonl.") from None
+    try:
+        rows = datasets.load_dataset(folder, spec.config, split=spec.split)
+    except Exception as exc:  # datasets raises many types for unknown configurations and splits
+        raise AuditInputError(f"{key}: the Hub data set {name!r} ({subset}split {spec.split!r}) cannot be read "
+                              f"({type(exc).__name__}: {str(exc)[:300]}). Check `config` and `split` against its "
+                              "dataset card.") from None
     return f"hub:{name}", [dict(row) for row in rows]
 
 
