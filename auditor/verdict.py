@@ -88,7 +88,7 @@ def decide(t: Thresholds, *, layers: Sequence[LayerDrift], replay: Replay | None
            general_drift: GeneralDrift | None = None, attribution: Attribution | None = None,
            identical: str | None = None) -> Verdict:
     """The verdict on what an audit measured. `identical`: why the fine-tune computes what the base computes
-    (models.identical_to_base), if it does."""
+    (sources.identical_to_base), if it does."""
     verdict = Verdict()
     if identical:
         verdict.add("identical_to_base", "warn", f"the fine-tune is identical in function to the base ({identical}): "
