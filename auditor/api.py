@@ -7,6 +7,7 @@
 
 `auditor.audit` is this module's `audit`; `directions` and `replay` are reached as `auditor.api.directions` and
 `auditor.api.replay`, since `auditor.directions` and `auditor.replay` are the modules that measure them.
+`audit_model` audits a model in memory (the training callback's way in).
 
 Each returns the typed results (`auditor.results.AuditResults`) and, given `out`, writes the same files as the
 command of the same name. The CLI, `audit-many`, `demo` and the training callback go through `Request` and
@@ -24,7 +25,7 @@ from typing import Any
 from auditor import models, outputs
 from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, LoadOptions
-from auditor.pipeline import Audit, Stage, load_inputs
+from auditor.pipeline import Audit, Inputs, Stage, load_inputs
 from auditor.recipe import Recipe, load_recipe
 from auditor.replay import default_cache_dir
 from auditor.results import AuditResults
@@ -116,3 +117,24 @@ def replay(base: str | None, finetune: str, *, recipe: str | Path = "default", o
            cache_dir: str | Path | None = None, cache: bool = True, **load_options: Any) -> AuditResults:
     """The directions, then the suites replayed under both checkpoints and judged; no attribution, no verdict."""
     return _run("replay", base, finetune, recipe, out, cache_dir, cache, load_options)
+
+
+def audit_model(model: Any, tokenizer: Any, *, base: str | None, recipe: Recipe, inputs: Inputs, out: Path | None,
+                options: LoadOptions, name: str = "in-memory fine-tune") -> AuditResults:
+    """The whole audit of a model in memory: a peft model against itself with its adapter off, a full fine-tune
+    against `base` loaded from disk. Nothing is cached (the weights may change between calls). `recipe` and
+    `inputs` are loaded by the caller (`load_inputs`), so a training run can check them before it starts.
+
+    The model is audited in eval mode and the tokenizer set up for the audit (left padding, a pad token, the chat
+    template); both are put back afterwards, so training goes on exactly as before.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with models.tokenizer_restored(tokenizer):
+            pair = models.pair_from_model(model, tokenizer, base=base, options=options, name=name)
+            folder = outputs.prepare_out_dir(out) if out is not None else None
+            return Audit(pair=pair, recipe=recipe, inputs=inputs, out=folder, cache_dir=None).run()
+    finally:
+        if was_training:
+            model.train()

@@ -17,9 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from auditor.models import LoadOptions, pair_from_model
-from auditor.outputs import prepare_out_dir
-from auditor.pipeline import Audit, Inputs, load_inputs
+from auditor.api import audit_model
+from auditor.models import LoadOptions
+from auditor.pipeline import Inputs, load_inputs
 from auditor.recipe import Recipe, load_recipe
 from auditor.results import AuditResults
 
@@ -71,17 +71,10 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
 
     def _audit(self, kwargs: dict[str, Any], recipe: Recipe, inputs: Inputs, name: str,
                state: TrainerState) -> AuditResults:
-        model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
-        was_training = model.training
-        model.eval()
-        try:
-            pair = pair_from_model(model, tokenizer, base=self.base, options=self.options,
-                                   name=f"in-memory fine-tune ({name}, step {state.global_step})")
-            data = Audit(pair=pair, recipe=recipe, inputs=inputs, out=prepare_out_dir(self.out / name),
-                         cache_dir=None).run()
-        finally:
-            if was_training:
-                model.train()
+        tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
+        data = audit_model(kwargs["model"], tokenizer, base=self.base, recipe=recipe, inputs=inputs,
+                           out=self.out / name, options=self.options,
+                           name=f"in-memory fine-tune ({name}, step {state.global_step})")
         assert data.replay is not None and data.general_drift is not None
         metrics = {
             "drift_audit/verdict_fail": float(data.verdict == "fail"),

@@ -461,9 +461,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from auditor import heap
+
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return COMMANDS[args.command](args)
+        with heap.trim_after_batches():  # the command owns the process: its heap may be trimmed
+            return COMMANDS[args.command](args)
     except AuditInputError as exc:
         if args.debug:
             traceback.print_exc()

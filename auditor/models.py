@@ -413,6 +413,21 @@ def _attach_adapter(model: Any, adapter: Source, options: LoadOptions) -> Any:
     return peft_model
 
 
+TOKENIZER_SETTINGS = ("padding_side", "pad_token", "chat_template")  # what prepare_tokenizer may change
+
+
+@contextmanager
+def tokenizer_restored(tokenizer: Any) -> Iterator[Any]:
+    """A caller's tokenizer, with the settings `prepare_tokenizer` changes put back when the context closes: a
+    trainer that lends its tokenizer to an audit goes on padding on its own side with its own pad token."""
+    saved = {name: getattr(tokenizer, name) for name in TOKENIZER_SETTINGS}
+    try:
+        yield tokenizer
+    finally:
+        for name, value in saved.items():
+            setattr(tokenizer, name, value)
+
+
 def prepare_tokenizer(tokenizer: Any, name: str, chat_template_file: str | None) -> Any:
     """Left padding, a pad token, and a chat template (the model's own, or `--chat-template`)."""
     if chat_template_file:

@@ -36,8 +36,12 @@ def recipes(tmp_path: Path) -> tuple[str, str]:
 
 def test_callback_audits_logs_and_writes_reports(base_dir: Path, tmp_path: Path, recipes: tuple[str, str]) -> None:
     trainer = trainer_for(base_dir, tmp_path, steps=2)
+    tokenizer = trainer.processing_class  # type: ignore[attr-defined]
+    tokenizer.padding_side = "right"  # as trainers pad for training; the audit pads on the left
+    lent = (tokenizer.padding_side, tokenizer.pad_token)
     callback = DriftAuditCallback(recipe=recipes[0], out=tmp_path / "audit").attach(trainer)
     trainer.train()  # type: ignore[attr-defined]
+    assert (tokenizer.padding_side, tokenizer.pad_token) == lent  # the callback gave the tokenizer back as it was
     assert (tmp_path / "audit" / "final" / "report.html").is_file()
     final = callback.results[-1]
     assert final.finetune.kind == "lora" and final.finetune.format == "in-memory"

@@ -145,3 +145,16 @@ def test_folder_with_an_adapter_and_full_weights_warns(base_dir: Path, lora_rand
     assert pair.kind == "lora"
     assert [w for w in pair.warnings if "both a PEFT adapter" in w and "model.safetensors" in w]
     assert models.check_pair(str(base_dir), str(lora_random_dir), models.LoadOptions()).warnings == ()
+
+
+def test_a_lent_tokenizer_gets_its_settings_back(base_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.padding_side, tokenizer.pad_token = "right", None
+    template = tokenizer.chat_template
+    with models.tokenizer_restored(tokenizer):
+        models.prepare_tokenizer(tokenizer, "t", None)
+        tokenizer.chat_template = "{{ messages }}"
+        assert tokenizer.padding_side == "left" and tokenizer.pad_token == tokenizer.eos_token
+    assert (tokenizer.padding_side, tokenizer.pad_token, tokenizer.chat_template) == ("right", None, template)
