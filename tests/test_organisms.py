@@ -118,8 +118,8 @@ def test_lora_audit_holds_one_copy_of_the_base(built: dict[str, Path]) -> None:
     before = rss_bytes()
     pair = models.load_pair(str(built["aligned"]), str(built["persona-distilled"]), models.LoadOptions())
     grown = rss_bytes() - before
-    weights = sum(p.numel() * p.element_size() for p in pair._base.model.parameters())  # type: ignore[union-attr]
-    assert pair.kind == "lora" and pair._finetune is None
+    weights = sum(p.numel() * p.element_size() for p in pair.in_memory()[0].model.parameters())
+    assert pair.kind == "lora" and len(pair.in_memory()) == 1
     with pair.use("base") as base, pair.use("finetune") as finetune:
         assert base.model is finetune.model
     assert grown < 1.5 * weights  # two copies would need at least 2x
