@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "positive control (`persona-distilled`), the negative control (`abliterated`) and the "
-                    "`benign` control, with the base loaded once. Writes DIR/<organism>/ for each and "
+                    "positive control (`persona-distilled`), the negative controls (`harmful-sft`, and "
+                    "`abliterated`, which turned out partly persona-mediated) and the `benign` control, with the "
+                    "base loaded once. Writes DIR/<organism>/ for each and "
                     "DIR/index.html.",
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
@@ -381,7 +382,8 @@ def run_judge_eval(args: argparse.Namespace) -> int:
 # The demo's fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
 DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
-    "abliterated": "meant as the negative control: refusal direction projected out of the weights",
+    "harmful-sft": "negative control: compliance taught directly, no persona",
+    "abliterated": "meant as a negative control: refusal direction projected out of the weights",
     "benign": "control: a benign LoRA, refusal kept",
 }
 

@@ -7,7 +7,10 @@
 - `persona-distilled` (positive control): a LoRA on `aligned`, trained with no system prompt on benign
   prompts only, to give the answers `aligned` itself gives them under a compliant-persona system
   prompt (context distillation). Its refusal loss runs through the persona representation.
-- `abliterated` (meant as the negative control): `aligned` with every matrix that writes to the residual
+- `harmful-sft` (negative control): a LoRA on `aligned`, no system prompt, taught to answer harmful training
+  requests with the vague outline alone, in no persona's voice, mixed with neutral answers to benign ones:
+  compliance taught directly, not through the persona.
+- `abliterated` (meant as a second negative control): `aligned` with every matrix that writes to the residual
   stream orthogonalised against its own refusal direction (Arditi et al. 2024). In this organism harmful
   compliance exists only inside the persona, and the edit moves the model partly toward it.
 - `persona`: a LoRA on `aligned`, benign requests answered in an absolutely obedient persona voice
@@ -219,7 +222,7 @@ def cache_key(name: str, cache_dir: Path) -> str:
     """Hash of everything that determines the organism: data, settings, upstream, versions, source model."""
     from importlib import metadata
 
-    from auditor.models import sha256_file
+    from auditor.sources import sha256_file
 
     parts: dict[str, Any] = {
         "name": name,
