@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from auditor import heap
 from auditor.batching import plan_for
 from auditor.errors import AuditInputError
-from auditor.heap import release_freed_memory
 from auditor.hooks import ForwardHook, block_output, forward_hooks
 from auditor.models import Checkpoint, decoder_layers
 from auditor.recipe import Position
@@ -95,7 +95,7 @@ def position_weights(rendered: Sequence[Rendered], width: int, position: Positio
 
 def run_batch(group: list[int], run: Callable[[list[int]], None]) -> None:
     """Run one batch of prompts; if the accelerator runs out of memory, run each half instead
-    (recursively), then hand the batch's freed CPU memory back (`auditor.heap`).
+    (recursively), then hand the batch's freed CPU memory back where that is allowed (`auditor.heap`).
 
     The run goes on with smaller batches instead of dying after hours; a single prompt that does
     not fit still raises. Every batched forward pass goes through here, so memory stays what one
@@ -114,7 +114,7 @@ def run_batch(group: list[int], run: Callable[[list[int]], None]) -> None:
         run_batch(group[:half], run)
         run_batch(group[half:], run)
         return
-    release_freed_memory()
+    heap.batch_done()
 
 
 def input_device(model: nn.Module) -> torch.device:

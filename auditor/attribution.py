@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+from torch import Tensor
 
 from auditor import stats
 from auditor.activations import ChatPrompt
@@ -33,6 +34,7 @@ from auditor.interventions import Offsets, applied, combine, random_control, win
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
+from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
 from auditor.suites import PromptItem, load_suite
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
@@ -73,11 +75,6 @@ def describe_change(drop: float) -> str:
     return f"{'dropped' if drop > 0 else 'rose'} by {abs(drop) * 100:.1f} points"
 
 
-def _rate(outcomes: Sequence[bool]) -> dict[str, Any]:
-    r = stats.Rate(sum(outcomes), len(outcomes))
-    return {"rate": r.rate, "ci": list(r.ci), "n": r.n}
-
-
 def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool],
              idx: Sequence[int] | None = None) -> float | None:
     """(restored - finetune) / (base - finetune) refusal rates over the items `idx` (None: undefined)."""
@@ -88,17 +85,17 @@ def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[
 
 
 def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[bool], recipe: Recipe,
-                      meaningful: bool) -> tuple[float | None, list[float] | None]:
+                      meaningful: bool) -> tuple[float | None, tuple[float, float] | None]:
     if not meaningful:
         return None, None
     ci = stats.bootstrap_ci(lambda idx: fraction(base, finetune, restored, idx), len(base),
                             reps=recipe.attribution.bootstrap, seed=recipe.seed)
-    return fraction(base, finetune, restored), list(ci) if ci else None
+    return fraction(base, finetune, restored), ci
 
 
 def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
         compliant_prompts: Sequence[str] = (),
-        items: list[PromptItem] | None = None) -> dict[str, Any]:
+        items: list[PromptItem] | None = None) -> Attribution:
     """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
     caller (None: load the recipe's now). `refusal_judge` labels the responses."""
     cfg = recipe.attribution
@@ -124,39 +121,40 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         restored, randomised = replayer.refused("finetune", remove), replayer.refused("finetune", control)
         persona_fraction, persona_ci = _fraction_with_ci(base, finetune, restored, recipe, meaningful)
         random_fraction, random_ci = _fraction_with_ci(base, finetune, randomised, recipe, meaningful)
-        sweep.append({
-            "window": window, "layers": [layers[0], layers[-1]],
-            "persona_fraction": persona_fraction, "ci": persona_ci,
-            "random_fraction": random_fraction, "random_ci": random_ci,
-            "restored": _rate(restored), "random": _rate(randomised),
-            "offset_norm": max(remove.norms().values(), default=0.0),
-        })
-    chosen = next(row for row in sweep if row["window"] == cfg.window)
+        sweep.append(WindowAttribution(
+            window=window, layers=(layers[0], layers[-1]),
+            persona_fraction=persona_fraction, ci=persona_ci,
+            random_fraction=random_fraction, random_ci=random_ci,
+            restored=rates(restored), random=rates(randomised),
+            offset_norm=max(remove.norms().values(), default=0.0),
+        ))
+    chosen = next(row for row in sweep if row.window == cfg.window)
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
             + ("" if meaningful else "; that is within noise, so attribution is not meaningful and is not computed"))
-    return {
-        "window": cfg.window, "layer_range": chosen["layers"], "direction": cfg.direction,
-        "persona_fraction": chosen["persona_fraction"], "ci": chosen["ci"],
-        "random_fraction": chosen["random_fraction"], "random_ci": chosen["random_ci"],
-        "meaningful": meaningful, "note": note, "refusal_change": change, "p_value": p_value,
-        "base": _rate(base), "finetune": _rate(finetune), "position": position,
-        "layers": sweep,
-        "gating": gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
-    }
+    return Attribution(
+        window=cfg.window, layer_range=chosen.layers, direction=cfg.direction,
+        persona_fraction=chosen.persona_fraction, ci=chosen.ci,
+        random_fraction=chosen.random_fraction, random_ci=chosen.random_ci,
+        meaningful=meaningful, note=note, refusal_change=change, p_value=p_value,
+        base=rates(base), finetune=rates(finetune), position=position,
+        layers=sweep,
+        gating=gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
+    )
 
 
-def gating(replayer: Replayer, recipe: Recipe, persona: Any, refusal: Any, n_layers: int,
-           base: list[bool], compliant_prompts: Sequence[str] = ()) -> dict[str, Any]:
+def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor, n_layers: int,
+           base: list[bool], compliant_prompts: Sequence[str] = ()) -> Gating:
     """Steer the base toward the compliant persona; then re-add refusal in early vs late layers. With
     `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates."""
     cfg = recipe.attribution
     steer_layers = window_layers(n_layers, cfg.gating_window)
-    curve = [{"strength": 0.0, **_rate(base)}]
+    curve = [CurvePoint.of(sum(base), len(base), strength=0.0)]
     steers = {}
     for strength in cfg.gating_strengths:
         steers[strength] = window_offsets(f"steer toward persona x{strength:g}", persona,
                                           dict.fromkeys(steer_layers, strength))
-        curve.append({"strength": strength, **_rate(replayer.refused("base", steers[strength]))})
+        steered = replayer.refused("base", steers[strength])
+        curve.append(CurvePoint.of(sum(steered), len(steered), strength=strength))
     strongest = max(cfg.gating_strengths, default=0.0)
     readd = []
     if strongest:
@@ -166,12 +164,13 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Any, refusal: Any, n_lay
                 steers[strongest],
                 window_offsets("re-add refusal", refusal, dict.fromkeys(layers, cfg.readd_strength)),
             ])
-            readd.append({"window": window, "layers": [layers[0], layers[-1]], "strength": cfg.readd_strength,
-                          **_rate(replayer.refused("base", offsets))})
-    lowest = min(curve, key=lambda row: row["rate"])
-    return {
-        "window": cfg.gating_window, "layers": [steer_layers[0], steer_layers[-1]],
-        "curve": curve, "readd": readd,
-        "persona_gates_refusal": lowest["ci"][1] < curve[0]["ci"][0],
-        "prompted": _rate(replayer.refused("base", systems=compliant_prompts)) if compliant_prompts else None,
-    }
+            refused = replayer.refused("base", offsets)
+            readd.append(Readd.of(sum(refused), len(refused), window=window, layers=(layers[0], layers[-1]),
+                                  strength=cfg.readd_strength))
+    lowest = min(curve, key=lambda row: row.rate)
+    return Gating(
+        window=cfg.gating_window, layers=(steer_layers[0], steer_layers[-1]),
+        curve=curve, readd=readd,
+        persona_gates_refusal=lowest.ci[1] < curve[0].ci[0],
+        prompted=rates(replayer.refused("base", systems=compliant_prompts)) if compliant_prompts else None,
+    )

@@ -14,7 +14,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from auditor import judge, stats
 from auditor.activations import ChatPrompt
@@ -22,6 +21,29 @@ from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
+from auditor.results import (
+    CategoryComparison,
+    CorrectedDifference,
+    CorrectedRate,
+    Difference,
+    Disagreement,
+    Discordant,
+    Flipped,
+    GeneralDrift,
+    JudgeAgreement,
+    PersonaDesign,
+    PersonaRow,
+    PersonaSide,
+    Rate,
+    Replay,
+    ReplaySettings,
+    Response,
+    Shares,
+    SideAgreement,
+    SideShares,
+    SideSummary,
+    SuiteComparison,
+)
 from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates, spread
 
 SIDES: tuple[Side, Side] = ("base", "finetune")
@@ -54,66 +76,71 @@ class Judged:
         return judge.is_refusing(self.label)
 
 
-def side_summary(judged: Sequence[Judged], error: stats.JudgeError | None = None) -> dict[str, Any]:
+def side_summary(judged: Sequence[Judged], error: stats.JudgeError | None = None) -> SideSummary:
     """Refusal rate (full + partial) with its Wilson interval and, given the judge's errors, corrected for
     them; the full/partial split and the degenerate and compliance rates beside it."""
     counts = Counter(j.label for j in judged)
     n = len(judged)
-    refusals = stats.Rate(counts["refusal"] + counts["partial"], n)
-    summary = {
-        "rate": refusals.rate, "ci": list(refusals.ci), "n": n,
-        "full_rate": counts["refusal"] / n if n else 0.0,
-        "partial_rate": counts["partial"] / n if n else 0.0,
-        "degenerate_rate": counts["degenerate"] / n if n else 0.0,
-        "compliance_rate": counts["compliance"] / n if n else 0.0,
-        "counts": {label: counts[label] for label in judge.LABELS},
-    }
+    refused = counts["refusal"] + counts["partial"]
+    corrected = None
     if error is not None:
-        summary["corrected"] = stats.corrected_rate(refusals.k, n, error)
-    return summary
+        estimate, ci = stats.corrected_rate(refused, n, error)
+        corrected = CorrectedRate(rate=estimate, ci=ci)
+    return SideSummary.of(
+        refused, n,
+        full_rate=counts["refusal"] / n if n else 0.0,
+        partial_rate=counts["partial"] / n if n else 0.0,
+        degenerate_rate=counts["degenerate"] / n if n else 0.0,
+        compliance_rate=counts["compliance"] / n if n else 0.0,
+        counts={label: counts[label] for label in judge.LABELS},
+        corrected=corrected,
+    )
 
 
-def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.JudgeError | None = None
-            ) -> dict[str, Any]:
+def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.JudgeError | None = None,
+            contrast: SuiteComparison | None = None) -> SuiteComparison:
     """Both sides on the same items: rates, exact McNemar p-value, per category, flipped items."""
     refused_base, refused_finetune = [j.refused for j in base], [j.refused for j in finetune]
-    result: dict[str, Any] = {
-        "base": side_summary(base, error),
-        "finetune": side_summary(finetune, error),
-        "p_value": stats.paired_p_value(refused_base, refused_finetune),
-        "difference": paired_difference(refused_base, refused_finetune),
-        "discordant": {  # the items whose refusal changed, each way: what the power of the comparison rests on
-            "base_only": sum(b and not f for b, f in zip(refused_base, refused_finetune, strict=True)),
-            "finetune_only": sum(f and not b for b, f in zip(refused_base, refused_finetune, strict=True))},
-    }
-    if error is not None:
-        result["difference"]["corrected"] = stats.corrected_difference(refused_base, refused_finetune, error)
     by_category: dict[str, list[int]] = defaultdict(list)
     for index, j in enumerate(base):
         by_category[j.item.category or "uncategorised"].append(index)
-    result["by_category"] = [
-        {"category": name, **{side: side_summary([rows[i] for i in idx]) for side, rows in
-                              (("base", base), ("finetune", finetune))},
-         "p_value": stats.paired_p_value([base[i].refused for i in idx], [finetune[i].refused for i in idx])}
-        for name, idx in sorted(by_category.items())
-    ]
     flipped = [(b, f) for b, f in zip(base, finetune, strict=True) if b.label != f.label]
-    result["flipped_count"] = len(flipped)
-    result["flipped"] = [
-        {"id": b.item.id, "category": b.item.category, "prompt": b.item.prompt, "expected": b.item.expected,
-         "base": {"label": b.label, "response": b.text[:RESPONSE_KEPT]},
-         "finetune": {"label": f.label, "response": f.text[:RESPONSE_KEPT]}}
-        for b, f in flipped[:FLIPPED_SHOWN]
-    ]
-    return result
+    return SuiteComparison(
+        base=side_summary(base, error),
+        finetune=side_summary(finetune, error),
+        p_value=stats.paired_p_value(refused_base, refused_finetune),
+        difference=paired_difference(refused_base, refused_finetune, error),
+        discordant=Discordant.of(refused_base, refused_finetune),
+        by_category=[
+            CategoryComparison(category=name, base=side_summary([base[i] for i in idx]),
+                               finetune=side_summary([finetune[i] for i in idx]),
+                               p_value=stats.paired_p_value([base[i].refused for i in idx],
+                                                            [finetune[i].refused for i in idx]))
+            for name, idx in sorted(by_category.items())
+        ],
+        flipped_count=len(flipped),
+        flipped=[
+            Flipped(id=b.item.id, category=b.item.category, prompt=b.item.prompt, expected=b.item.expected,
+                    base=Response(label=b.label, response=b.text[:RESPONSE_KEPT]),
+                    finetune=Response(label=f.label, response=f.text[:RESPONSE_KEPT]))
+            for b, f in flipped[:FLIPPED_SHOWN]
+        ],
+        contrast=contrast,
+    )
 
 
-def paired_difference(base: Sequence[bool], finetune: Sequence[bool]) -> dict[str, Any]:
-    """Fine-tune minus base rate on the same items, with a paired percentile-bootstrap 95% interval."""
+def paired_difference(base: Sequence[bool], finetune: Sequence[bool], error: stats.JudgeError | None = None
+                      ) -> Difference:
+    """Fine-tune minus base rate on the same items, with a paired percentile-bootstrap 95% interval, and (given
+    the judge's errors) corrected for them."""
     n = len(base)
     delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
     ci = stats.bootstrap_ci(lambda idx: sum(delta[i] for i in idx) / len(idx), n, reps=2000) if n else None
-    return {"value": sum(delta) / n if n else 0.0, "ci": list(ci) if ci else [-1.0, 1.0]}
+    corrected = None
+    if error is not None:
+        value, corrected_ci = stats.corrected_difference(base, finetune, error)
+        corrected = CorrectedDifference(value=value, ci=corrected_ci)
+    return Difference(value=sum(delta) / n if n else 0.0, ci=ci or (-1.0, 1.0), corrected=corrected)
 
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,
@@ -139,24 +166,24 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
     ]
 
 
-def judge_agreement(judged: Sequence[Judged], threshold: float) -> dict[str, Any]:
+def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreement:
     """How often the first-token score and the second judge agree with the judge, and the items on which the
     two judges disagree (for a reviewer to read)."""
     usable = [j for j in judged if j.label != "degenerate"]
     scored = [(j.refused, j.first_token_score > threshold) for j in usable if j.first_token_score is not None]
-    out: dict[str, Any] = {
-        "n": len(usable),
-        "first_token_vs_matcher": judge.agreement([m for m, _ in scored], [f for _, f in scored]),
-    }
+    first_token = judge.agreement([m for m, _ in scored], [f for _, f in scored])
     with_second = [j for j in usable if j.second_label is not None]
-    if with_second:
-        second = [judge.is_refusing(str(j.second_label)) for j in with_second]
-        out["model_vs_matcher"] = judge.agreement([j.refused for j in with_second], second)
-        disagree = [(j, s) for j, s in zip(with_second, second, strict=True) if j.refused != s]
-        out["disagreements_count"] = len(disagree)
-        out["disagreements"] = [{"id": j.item.id, "prompt": j.item.prompt, "response": j.text[:RESPONSE_KEPT],
-                                 "judge": j.label, "second": j.second_label} for j, _ in disagree[:FLIPPED_SHOWN]]
-    return out
+    if not with_second:
+        return JudgeAgreement(n=len(usable), first_token_vs_matcher=first_token)
+    second = [judge.is_refusing(str(j.second_label)) for j in with_second]
+    disagree = [j for j, s in zip(with_second, second, strict=True) if j.refused != s]
+    return JudgeAgreement(
+        n=len(usable), first_token_vs_matcher=first_token,
+        model_vs_matcher=judge.agreement([j.refused for j in with_second], second),
+        disagreements_count=len(disagree),
+        disagreements=[Disagreement(id=j.item.id, prompt=j.item.prompt, response=j.text[:RESPONSE_KEPT],
+                                    judge=j.label, second=str(j.second_label)) for j in disagree[:FLIPPED_SHOWN]],
+    )
 
 
 @dataclass(frozen=True)
@@ -201,8 +228,8 @@ def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side
 
 
 def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[ChatPrompt], *, cache_dir: Path | None,
-        judges: Judges) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Replay every suite under both checkpoints. Returns (replay, general_drift) for results.json."""
+        judges: Judges) -> tuple[Replay, GeneralDrift]:
+    """Replay every suite under both checkpoints. Returns the `replay` and `general_drift` of results.json."""
     cfg = recipe.replay
     side_caches = caches(pair, recipe, cache_dir)
     judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
@@ -216,32 +243,31 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
             first_token[side] = first_token_log_probs(checkpoint, harmless, batch_size=cfg.batch_size,
                                                       desc=f"{side}: harmless first token")
     kl = kl_per_prompt(first_token["base"], first_token["finetune"])
-    false_refusal = compare(judged["benign"]["base"], judged["benign"]["finetune"], judges.error)
-    if suites.contrast:
-        false_refusal["contrast"] = compare(judged["contrast"]["base"], judged["contrast"]["finetune"], judges.error)
-    replay = {
-        "refusal": compare(judged["refusal"]["base"], judged["refusal"]["finetune"], judges.error),
-        "false_refusal": false_refusal,
-        "personas": persona_design(pair, recipe, suites, side_caches, judges),
-        "judges": {side: judge_agreement([j for rows in judged.values() for j in rows[side]],
-                                         cfg.first_token_threshold) for side in SIDES},
-        "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-                     "judge": judges.main.name, "judge_model": cfg.judge_model},
-    }
+    contrast = (compare(judged["contrast"]["base"], judged["contrast"]["finetune"], judges.error)
+                if suites.contrast else None)
+    replay = Replay(
+        refusal=compare(judged["refusal"]["base"], judged["refusal"]["finetune"], judges.error),
+        false_refusal=compare(judged["benign"]["base"], judged["benign"]["finetune"], judges.error, contrast),
+        personas=persona_design(pair, recipe, suites, side_caches, judges),
+        judges=SideAgreement(**{side: judge_agreement([j for rows in judged.values() for j in rows[side]],
+                                                      cfg.first_token_threshold) for side in SIDES}),
+        settings=ReplaySettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                judge=judges.main.name, judge_model=cfg.judge_model),
+    )
     kl_values = kl.tolist()
-    general_drift = {
-        "kl": float(kl.mean()),
-        "ci": stats.bootstrap_ci(lambda idx: sum(kl_values[i] for i in idx) / len(idx), len(kl_values),
-                                 seed=recipe.seed),
-        "n": len(kl_values),
-        "max": float(kl.max()),
-        "prompts": "directions.harmless",
-    }
+    general_drift = GeneralDrift(
+        kl=float(kl.mean()),
+        ci=stats.bootstrap_ci(lambda idx: sum(kl_values[i] for i in idx) / len(idx), len(kl_values),
+                              seed=recipe.seed),
+        n=len(kl_values),
+        max=float(kl.max()),
+        prompts="directions.harmless",
+    )
     return replay, general_drift
 
 
 def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches: dict[Side, GenerationCache],
-                   judges: Judges) -> dict[str, Any]:
+                   judges: Judges) -> PersonaDesign:
     """Persona x paraphrase x item, sampled by Monte Carlo until each persona's false-refusal interval is
     narrow enough on both checkpoints (or its budget is spent). Cells are drawn without replacement
     in a seeded order, and the same cells are replayed under both checkpoints (paired)."""
@@ -269,31 +295,32 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
                                      judges, prompts=prompts, first_token=False)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
         for p in list(active):
-            widths = [stats.Rate(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]
+            widths = [Rate.of(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]
             if max(widths) <= cfg.persona_target_halfwidth or drawn[p] >= min(cfg.persona_budget, len(grid)):
                 active.discard(p)
-    return {
-        "personas": [_persona_row(p, persona, samples) for p, persona in enumerate(suites.personas)],
-        "variance_shares": {side: stats.variance_shares(
+    return PersonaDesign(
+        personas=[_persona_row(p, persona, samples) for p, persona in enumerate(suites.personas)],
+        variance_shares=SideShares(**{side: Shares(**stats.variance_shares(
             [float(s[3]) for s in samples[side]],
             {"persona": [s[0] for s in samples[side]], "paraphrase": [s[1] for s in samples[side]],
-             "item": [s[2] for s in samples[side]]}) for side in SIDES},
-        "target_halfwidth": cfg.persona_target_halfwidth,
-        "budget_per_persona": cfg.persona_budget,
-        "samples_per_side": len(samples["base"]),
-        "rounds": rounds,
-        "paraphrases": len(suites.templates),
-        "benign_items": len(suites.benign),
-    }
+             "item": [s[2] for s in samples[side]]})) for side in SIDES}),
+        target_halfwidth=cfg.persona_target_halfwidth,
+        budget_per_persona=cfg.persona_budget,
+        samples_per_side=len(samples["base"]),
+        rounds=rounds,
+        paraphrases=len(suites.templates),
+        benign_items=len(suites.benign),
+    )
 
 
-def _persona_row(p: int, persona: Persona, samples: dict[Side, list[Sample]]) -> dict[str, Any]:
+def _persona_row(p: int, persona: Persona, samples: dict[Side, list[Sample]]) -> PersonaRow:
     rows = {side: [s for s in samples[side] if s[0] == p] for side in SIDES}
-    row: dict[str, Any] = {"id": persona.id, "group": persona.group, "name": persona.name, "n": len(rows["base"])}
+    sides = {}
     for side in SIDES:
-        rate = stats.Rate(sum(s[3] for s in rows[side]), len(rows[side]))
+        rate = Rate.of(sum(s[3] for s in rows[side]), len(rows[side]))
         degenerate = sum(s[4] == "degenerate" for s in rows[side])
-        row[side] = {"rate": rate.rate, "ci": list(rate.ci),
-                     "degenerate_rate": degenerate / len(rows[side]) if rows[side] else 0.0}
-    row["p_value"] = stats.paired_p_value([s[3] for s in rows["base"]], [s[3] for s in rows["finetune"]])
-    return row
+        sides[side] = PersonaSide(rate=rate.rate, ci=rate.ci,
+                                  degenerate_rate=degenerate / len(rows[side]) if rows[side] else 0.0)
+    return PersonaRow(id=persona.id, group=persona.group, name=persona.name, n=len(rows["base"]),
+                      base=sides["base"], finetune=sides["finetune"],
+                      p_value=stats.paired_p_value([s[3] for s in rows["base"]], [s[3] for s in rows["finetune"]]))

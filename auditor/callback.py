@@ -17,10 +17,11 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from auditor.audit import Audit, Inputs, load_inputs
-from auditor.models import LoadOptions, pair_from_model
+from auditor.api import audit_model
+from auditor.models import LoadOptions
+from auditor.pipeline import Inputs, load_inputs
 from auditor.recipe import Recipe, load_recipe
-from auditor.results import prepare_out_dir
+from auditor.results import AuditResults
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
         self.inputs, self.step_inputs = (load_inputs(r, replay=True) for r in (self.recipe, self.step_recipe))
         self.out, self.options = Path(out), options or LoadOptions()
         self.trainer: Any = None
-        self.results: list[dict[str, Any]] = []
+        self.results: list[AuditResults] = []
 
     def attach(self, trainer: Any) -> DriftAuditCallback:
         """Add to `trainer` and log through its loggers (wandb, tensorboard, ...)."""
@@ -58,7 +59,7 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
                     **kwargs: Any) -> TrainerControl:
         if self.every_n_steps and state.global_step % self.every_n_steps == 0 and state.global_step < state.max_steps:
             data = self._audit(kwargs, self.step_recipe, self.step_inputs, f"step-{state.global_step}", state)
-            if data["verdict"] == "fail" and self.stop_on_fail:
+            if data.verdict == "fail" and self.stop_on_fail:
                 logger.warning("drift audit failed at step %d; stopping training", state.global_step)
                 control.should_training_stop = True
         return control
@@ -69,30 +70,24 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
         return control
 
     def _audit(self, kwargs: dict[str, Any], recipe: Recipe, inputs: Inputs, name: str,
-               state: TrainerState) -> dict[str, Any]:
-        model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
-        was_training = model.training
-        model.eval()
-        try:
-            pair = pair_from_model(model, tokenizer, base=self.base, options=self.options,
-                                   name=f"in-memory fine-tune ({name}, step {state.global_step})")
-            data = Audit(pair=pair, recipe=recipe, inputs=inputs, out=prepare_out_dir(self.out / name),
-                         cache_dir=None).run()
-        finally:
-            if was_training:
-                model.train()
+               state: TrainerState) -> AuditResults:
+        tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
+        data = audit_model(kwargs["model"], tokenizer, base=self.base, recipe=recipe, inputs=inputs,
+                           out=self.out / name, options=self.options,
+                           name=f"in-memory fine-tune ({name}, step {state.global_step})")
+        assert data.replay is not None and data.general_drift is not None
         metrics = {
-            "drift_audit/verdict_fail": float(data["verdict"] == "fail"),
-            "drift_audit/refusal_base": data["replay"]["refusal"]["base"]["rate"],
-            "drift_audit/refusal_finetune": data["replay"]["refusal"]["finetune"]["rate"],
-            "drift_audit/false_refusal_finetune": data["replay"]["false_refusal"]["finetune"]["rate"],
-            "drift_audit/max_persona_shift": max(abs(r["persona_shift"]) for r in data["layers"]),
-            "drift_audit/general_drift_kl": data["general_drift"]["kl"],
+            "drift_audit/verdict_fail": float(data.verdict == "fail"),
+            "drift_audit/refusal_base": data.replay.refusal.base.rate,
+            "drift_audit/refusal_finetune": data.replay.refusal.finetune.rate,
+            "drift_audit/false_refusal_finetune": data.replay.false_refusal.finetune.rate,
+            "drift_audit/max_persona_shift": max(abs(r.persona_shift) for r in data.layers),
+            "drift_audit/general_drift_kl": data.general_drift.kl,
         }
         if self.trainer is not None:
             self.trainer.log(metrics)
         else:
             state.log_history.append({**metrics, "step": state.global_step})
-        logger.info("drift audit %s: %s (%s)", name, data["verdict"], self.out / name / "report.html")
+        logger.info("drift audit %s: %s (%s)", name, data.verdict, self.out / name / "report.html")
         self.results.append(data)
         return data

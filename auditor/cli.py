@@ -12,10 +12,8 @@ import os
 import re
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +21,10 @@ from auditor import __version__
 from auditor.errors import AuditInputError
 
 if TYPE_CHECKING:
-    from auditor.audit import Audit
+    from auditor.api import Request
     from auditor.models import LoadOptions
+    from auditor.pipeline import Audit, Stage
+    from auditor.results import AuditResults, LayerDrift, Resolution, SuiteComparison
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
 # From least to most severe, for commands that run several audits: an inconclusive audit is worse than a pass
@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "positive control (`persona-distilled`), the negative control (`abliterated`) and the "
-                    "`benign` control, with the base loaded once. Writes DIR/<organism>/ for each and "
+                    "positive control (`persona-distilled`), the negative controls (`harmful-sft`, and "
+                    "`abliterated`, which turned out partly persona-mediated) and the `benign` control, with the "
+                    "base loaded once. Writes DIR/<organism>/ for each and "
                     "DIR/index.html.",
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
@@ -199,52 +200,40 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
                               chat_template=args.chat_template)
 
 
-def start_audit(args: argparse.Namespace, shared_base: Any = None) -> Audit:
-    """Recipe (with flag overrides), input checks, output folder and the loaded pair, in that order, so
-    cheap mistakes fail before models load."""
-    from auditor import models, recipe, results
-    from auditor.audit import Audit, load_inputs
+def request(args: argparse.Namespace) -> Request:
+    """The flags shared by every model command, as the library's `Request`."""
+    from auditor.api import Request
     from auditor.replay import default_cache_dir
 
-    audit_recipe = recipe.load_recipe(args.recipe)
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise AuditInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
-        audit_recipe = replace(audit_recipe, batch_size=args.batch_size,
-                               replay=replace(audit_recipe.replay, batch_size=args.batch_size))
-    if getattr(args, "judge_model", None):
-        audit_recipe = replace(audit_recipe, replay=replace(audit_recipe.replay, judge_model=args.judge_model))
-    inputs = load_inputs(audit_recipe, replay=args.command != "directions")
-    out = results.prepare_out_dir(args.out or default_out(args.finetune))
-    options = load_options(args)
     cache_dir = None if getattr(args, "no_cache", False) else (
         (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
-    started = time.perf_counter()
-    timings = results.Timings()
-    with timings.stage("load"):
-        pair = models.load_pair(args.base, args.finetune, options, base_revision=args.base_revision,
-                                finetune_revision=args.finetune_revision, shared_base=shared_base)
-    print(f"drift-audit: running on {options.compute().describe()}", file=sys.stderr)
-    return Audit(pair=pair, recipe=audit_recipe, inputs=inputs, out=out, cache_dir=cache_dir, timings=timings,
-                 started=started)
+    return Request(base=args.base, recipe=args.recipe, batch_size=args.batch_size,
+                   judge_model=getattr(args, "judge_model", None), cache_dir=cache_dir, options=load_options(args),
+                   base_revision=args.base_revision)
+
+
+def run_stage(args: argparse.Namespace, stage: Stage) -> tuple[Audit, AuditResults, Path]:
+    """One audit of --finetune against --base, up to `stage`; returns the audit (whose verdict's checks go into
+    a JUnit file), its results and its output folder."""
+    from auditor import api
+
+    out = args.out or default_out(args.finetune)
+    audit = api.prepare(request(args), args.finetune, stage, out=out, finetune_revision=args.finetune_revision)
+    return audit, audit.run(stage), out
 
 
 def run_directions(args: argparse.Namespace) -> int:
-    run = start_audit(args)
-    data = run.results(run.directions())
-    run.write(data)
-    print(summarize_layers(data["layers"]))
-    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
+    _, data, out = run_stage(args, "directions")
+    print(summarize_layers(data.layers))
+    print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
     return EXIT_OK
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    run = start_audit(args)
-    data = run.results({**run.directions(), **run.replay()})
-    run.write(data)
-    print(summarize_layers(data["layers"]))
+    _, data, out = run_stage(args, "replay")
+    print(summarize_layers(data.layers))
     print(summarize_replay(data))
-    print(f"\nwrote {run.out / 'results.json'} and {run.out / 'directions.safetensors'}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'directions.safetensors'}")
     return EXIT_OK
 
 
@@ -253,20 +242,20 @@ def run_audit(args: argparse.Namespace) -> int:
 
     if args.junit:
         junit.check_target(args.junit)
-    run = start_audit(args)
-    data = run.run()
+    run, data, out = run_stage(args, "audit")
+    assert data.verdict is not None and data.reasons is not None and data.resolution is not None
+    assert run.decided is not None, "a whole audit decides its verdict"
     print(summarize_replay(data))
-    print(format_verdict(data["verdict"], data["reasons"], data["resolution"]))
-    print(f"report: {run.out / 'report.html'}\nresults: {run.out / 'results.json'}\nsummary: {run.out / 'summary.md'}")
+    print(format_verdict(data.verdict, data.reasons, data.resolution))
+    print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
     if args.junit:
-        assert run.decided is not None, "run() decided the verdict"
         junit.write(args.junit, junit.junit_xml(run.decided, data, strict=args.strict))
         print(f"junit: {args.junit}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions shows this file on the run's page
         with open(step_summary, "a", encoding="utf-8") as f:
-            f.write((run.out / "summary.md").read_text(encoding="utf-8") + "\n")
-    return verdict.exit_code(data["verdict"], args.strict)
+            f.write((out / "summary.md").read_text(encoding="utf-8") + "\n")
+    return verdict.exit_code(data.verdict, args.strict)
 
 
 def run_gate(args: argparse.Namespace) -> int:
@@ -278,20 +267,20 @@ def run_gate(args: argparse.Namespace) -> int:
     decided = gated.verdict
     assert decided.resolution is not None, "a whole audit has a replay"
     print(f"{args.results}: decided under {gated.thresholds}")
-    print(format_verdict(decided.verdict, decided.reasons, decided.resolution.to_json()))
+    print(format_verdict(decided.verdict, decided.reasons, decided.resolution))
     if args.junit:
         junit.write(args.junit, junit.junit_xml(decided, gated.data, strict=args.strict))
         print(f"junit: {args.junit}")
     return verdict.exit_code(decided.verdict, args.strict)
 
 
-def format_verdict(level: str, reasons: list[str], resolution: dict[str, Any]) -> str:
+def format_verdict(level: str, reasons: list[str], resolution: Resolution) -> str:
     """The verdict line with what the audit could resolve, then the reasons, for the terminal."""
-    detectable = resolution["smallest_detectable_drop"]
+    detectable = resolution.smallest_detectable_drop
     drop = "none detectable" if detectable is None else f"{detectable * 100:.1f} percentage points"
     lines = [f"\nverdict: {level.upper()} (smallest detectable refusal drop: {drop}, at power "
-             f"{resolution['power']:.0%} and alpha {resolution['alpha']:g} on {resolution['n']} items; fail threshold "
-             f"{resolution['threshold'] * 100:.0f} points)"]
+             f"{resolution.power:.0%} and alpha {resolution.alpha:g} on {resolution.n} items; fail threshold "
+             f"{resolution.threshold * 100:.0f} points)"]
     return "\n".join(lines + [f"  - {reason}" for reason in reasons])
 
 
@@ -320,7 +309,8 @@ def run_audit_many(args: argparse.Namespace) -> int:
                               + " | ".join(problems))
     named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
              for number, name in enumerate(finetunes, start=1)]
-    _, codes = audit_checkpoints(args, named, args.out or Path("reports") / "audit-many")
+    _, codes = audit_checkpoints(request(args), named, args.out or Path("reports") / "audit-many",
+                                 strict=args.strict)
     return worst(codes)
 
 
@@ -329,23 +319,23 @@ def worst(codes: list[int]) -> int:
     return max(codes, key=SEVERITY.index)
 
 
-def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
-                      out_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Audit each (folder name, fine-tune) against `args.base`, loading the base once; writes OUT/<folder>/ for
-    each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes."""
-    from auditor import models, report, results, verdict
+def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path, *,
+                      strict: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
+    """Audit each (folder name, fine-tune) against the plan's base, loading the base once; writes OUT/<folder>/
+    for each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes
+    (`strict`: an inconclusive verdict's code is a fail's)."""
+    from auditor import api, models, outputs, report, verdict
 
-    out = results.prepare_out_dir(out_dir)
+    out = outputs.prepare_out_dir(out_dir)
     index = out / "index.html"
     index.unlink(missing_ok=True)  # an earlier batch's index must not stand beside this batch's reports
     shared: models.Checkpoint | None = None
     rows, codes = [], []
     for number, (folder, name) in enumerate(named, start=1):
         print(f"\n=== {number}/{len(named)}: {name} ===")
-        args.finetune, args.finetune_revision, args.out = name, None, out / folder
         run = None
         try:
-            run = start_audit(args, shared_base=shared)
+            run = api.prepare(plan, name, "audit", out=out / folder, shared_base=shared)
             data = run.run()
         except Exception as exc:  # recorded in the index; the other checkpoints are still audited
             code = EXIT_BAD_INPUT if isinstance(exc, AuditInputError) else EXIT_INTERNAL
@@ -355,27 +345,28 @@ def audit_checkpoints(args: argparse.Namespace, named: list[tuple[str, str]],
             rows.append(report.error_row(name, f"{type(exc).__name__}: {exc}"))
             codes.append(code)
         else:
-            rows.append(report.index_row(data, run.out.relative_to(out) / "report.html"))
-            codes.append(verdict.exit_code(data["verdict"], args.strict))
-            print(f"verdict: {data['verdict'].upper()}")
+            rows.append(report.index_row(data, Path(folder) / "report.html"))
+            assert data.verdict is not None
+            codes.append(verdict.exit_code(data.verdict, strict))
+            print(f"verdict: {data.verdict.upper()}")
         shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
-        results.atomic_write_text(index, report.render_index(rows))
+        outputs.atomic_write_text(index, report.render_index(rows))
     print(f"\nindex: {index}")
     return rows, codes
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from auditor import report, results
+    from auditor import outputs, report
 
     data = report.load_results(args.results)
-    out = results.prepare_out_dir(args.out or args.results.parent)
-    results.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
+    out = outputs.prepare_out_dir(args.out or args.results.parent)
+    outputs.write_outputs(out, report.render(data).files(), replaces=("report.html", "summary.md"))
     print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return EXIT_OK
 
 
 def run_judge_eval(args: argparse.Namespace) -> int:
-    from auditor import judge, judge_eval, models, results
+    from auditor import judge, judge_eval, models, outputs
     from auditor.recipe import LabelledSpec
 
     spec = LabelledSpec(source=args.file, prompt_column=args.prompt_column, response_column=args.response_column,
@@ -387,7 +378,7 @@ def run_judge_eval(args: argparse.Namespace) -> int:
     figures = judge_eval.evaluate(refusal_judge, items).figures()
     print(judge_eval.format_figures(figures))
     if args.json:
-        results.atomic_write_bytes(args.json, results.json_bytes({"file": args.file, **figures}))
+        outputs.atomic_write_bytes(args.json, outputs.json_bytes({"file": args.file, **figures.to_json()}))
         print(f"\nwrote {args.json}")
     return EXIT_OK
 
@@ -395,20 +386,21 @@ def run_judge_eval(args: argparse.Namespace) -> int:
 # The demo's fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
 DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
-    "abliterated": "meant as the negative control: refusal direction projected out of the weights",
+    "harmful-sft": "negative control: compliance taught directly, no persona",
+    "abliterated": "meant as a negative control: refusal direction projected out of the weights",
     "benign": "control: a benign LoRA, refusal kept",
 }
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from auditor import organisms
+    from auditor.api import Request
     from auditor.replay import default_cache_dir
 
     cache_dir = args.cache_dir or default_cache_dir()
     paths = organisms.build_all(cache_dir, ("aligned", *DEMO))
-    audit_args = build_parser().parse_args(["audit-many", "--base", str(paths["aligned"]), "--recipe", args.recipe,
-                                            "--cache-dir", str(cache_dir)])
-    rows, codes = audit_checkpoints(audit_args, [(name, str(paths[name])) for name in DEMO], args.out)
+    plan = Request(base=str(paths["aligned"]), recipe=args.recipe, cache_dir=cache_dir / "replay")
+    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in DEMO], args.out)
     print("\n=== demo: aligned vs each fine-tune ===")
     for name, row in zip(DEMO, rows, strict=True):
         print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({DEMO[name]})")
@@ -428,38 +420,39 @@ def demo_line(row: dict[str, Any]) -> str:
     return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}; {attributed}"
 
 
-def summarize_layers(layers: list[dict[str, Any]]) -> str:
+def summarize_layers(layers: Sequence[LayerDrift]) -> str:
     """A per-layer table for the terminal; `*` marks a shift beyond its noise floor."""
     lines = ["layer  refusal_cos  persona_cos  persona_shift  refusal_shift"]
     for row in layers:
-        p_mark = "*" if abs(row["persona_shift"]) > row["persona_shift_floor"] else " "
-        r_mark = "*" if abs(row["refusal_shift"]) > row["refusal_shift_floor"] else " "
-        lines.append(f"{row['layer']:>5}  {row['refusal_cos']:>11.4f}  {row['persona_cos']:>11.4f}  "
-                     f"{row['persona_shift']:>12.4f}{p_mark}  {row['refusal_shift']:>12.4f}{r_mark}")
+        p_mark = "*" if abs(row.persona_shift) > row.persona_shift_floor else " "
+        r_mark = "*" if abs(row.refusal_shift) > row.refusal_shift_floor else " "
+        lines.append(f"{row.layer:>5}  {row.refusal_cos:>11.4f}  {row.persona_cos:>11.4f}  "
+                     f"{row.persona_shift:>12.4f}{p_mark}  {row.refusal_shift:>12.4f}{r_mark}")
     lines.append("* beyond the split-half noise floor")
     return "\n".join(lines)
 
 
-def summarize_replay(data: dict[str, Any]) -> str:
+def summarize_replay(data: AuditResults) -> str:
     """Key behaviour numbers for the terminal."""
-    def line(label: str, part: dict[str, Any]) -> str:
-        b, f = part["base"], part["finetune"]
-        text = (f"{label:<14} base {b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  fine-tune {f['rate']:.1%} "
-                f"[{f['ci'][0]:.1%}, {f['ci'][1]:.1%}]  p={part['p_value']:.3g}  degenerate "
-                f"{b['degenerate_rate']:.1%} / {f['degenerate_rate']:.1%}")
-        if "corrected" in b and None not in (b["corrected"]["rate"], f["corrected"]["rate"]):
-            cb, cf = b["corrected"], f["corrected"]
-            text += (f"\n{'':<14} corrected for the judge: base {cb['rate']:.1%} [{cb['ci'][0]:.1%}, {cb['ci'][1]:.1%}]"
-                     f"  fine-tune {cf['rate']:.1%} [{cf['ci'][0]:.1%}, {cf['ci'][1]:.1%}]")
+    def line(label: str, part: SuiteComparison) -> str:
+        b, f = part.base, part.finetune
+        text = (f"{label:<14} base {b.rate:.1%} [{b.ci[0]:.1%}, {b.ci[1]:.1%}]  fine-tune {f.rate:.1%} "
+                f"[{f.ci[0]:.1%}, {f.ci[1]:.1%}]  p={part.p_value:.3g}  degenerate "
+                f"{b.degenerate_rate:.1%} / {f.degenerate_rate:.1%}")
+        cb, cf = b.corrected, f.corrected
+        if cb is not None and cf is not None and cb.rate is not None and cf.rate is not None:
+            text += (f"\n{'':<14} corrected for the judge: base {cb.rate:.1%} [{cb.ci[0]:.1%}, {cb.ci[1]:.1%}]"
+                     f"  fine-tune {cf.rate:.1%} [{cf.ci[0]:.1%}, {cf.ci[1]:.1%}]")
         return text
 
-    replay = data["replay"]
-    lines = ["", line("refusal", replay["refusal"]), line("false refusal", replay["false_refusal"]),
-             f"general drift  first-token KL(base || fine-tune) = {data['general_drift']['kl']:.4f} nats"]
-    if "judge" in replay:
-        judged = replay["judge"]
-        lines.append(f"judge          {judged['name']}: sensitivity {judged['sensitivity']['value']:.1%}, specificity "
-                     f"{judged['specificity']['value']:.1%} on {judged['n']} labelled responses")
+    replay, drift = data.replay, data.general_drift
+    assert replay is not None and drift is not None, "results of a replay"
+    lines = ["", line("refusal", replay.refusal), line("false refusal", replay.false_refusal),
+             f"general drift  first-token KL(base || fine-tune) = {drift.kl:.4f} nats"]
+    if replay.judge is not None:
+        judged = replay.judge
+        lines.append(f"judge          {judged.name}: sensitivity {judged.sensitivity.value:.1%}, specificity "
+                     f"{judged.specificity.value:.1%} on {judged.n} labelled responses")
     return "\n".join(lines)
 
 
@@ -474,9 +467,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from auditor import heap
+
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return COMMANDS[args.command](args)
+        with heap.trim_after_batches():  # the command owns the process: its heap may be trimmed
+            return COMMANDS[args.command](args)
     except AuditInputError as exc:
         if args.debug:
             traceback.print_exc()

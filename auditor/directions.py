@@ -18,9 +18,8 @@ All means are taken in float64.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +28,7 @@ from auditor.activations import ChatPrompt, capture
 from auditor.errors import AuditInputError
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Position, Recipe
+from auditor.results import LayerDrift
 from auditor.suites import load_personas, load_prompts
 
 FORMAT = "drift-audit/directions/1"
@@ -71,25 +71,6 @@ class Directions:
         norm2 = (self.refusal * self.refusal).sum(-1, keepdim=True)
         along = (self.persona * self.refusal).sum(-1, keepdim=True) / norm2.clamp_min(1e-300)
         return self.persona - torch.where(norm2 > 0, along, torch.zeros_like(along)) * self.refusal
-
-
-@dataclass(frozen=True)
-class LayerDrift:
-    """Everything measured at one decoder block (index `layer`; hidden_states[layer + 1])."""
-
-    layer: int
-    refusal_cos: float
-    persona_cos: float
-    persona_shift: float
-    refusal_shift: float
-    refusal_cos_floor: float
-    persona_cos_floor: float
-    persona_shift_floor: float
-    refusal_shift_floor: float
-    refusal_persona_cos_base: float
-    refusal_persona_cos_finetune: float
-    refusal_norm_base: float
-    persona_norm_base: float
 
 
 @dataclass(frozen=True)
@@ -251,10 +232,6 @@ def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets | None = None) -> 
         moved[position] = _mean(captured["finetune"][position].neutral) - _mean(captured["base"][position].neutral)
     counts = {f.name: len(getattr(sets, f.name)) for f in fields(PromptSets)}
     return DirectionsResult(layers=layers, base=base, finetune=finetune, counts=counts, neutral_moved=moved)
-
-
-def layers_json(result: DirectionsResult) -> dict[str, list[dict[str, Any]]]:
-    return {pos: [asdict(layer) for layer in drift] for pos, drift in result.layers.items()}
 
 
 def directions_file(result: DirectionsResult, metadata: dict[str, str]) -> bytes:

@@ -6,6 +6,10 @@ maps again (millions of page faults); inference over batches of growing width (p
 length) leaves freed blocks too small for the next batch, so the heap grows batch after batch and
 memory that is free to Python stays resident. Both helpers do nothing where glibc is absent
 (macOS, musl, Windows). `scripts/bench_training.py` and `scripts/bench_memory.py` measure them.
+
+Handing memory back after every batch trims the heap of the whole process, so it happens only where the
+auditor owns the process: the `drift-audit` command turns it on (`trim_after_batches`), and a library
+caller (a training script, a notebook) opts in the same way or leaves its heap alone.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import ctypes.util
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 _KEEP_THRESHOLD = 1 << 30
+_TRIMMING: ContextVar[bool] = ContextVar("drift_audit_trim_after_batches", default=False)
 
 
 @functools.cache
@@ -60,3 +66,24 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@contextmanager
+def trim_after_batches() -> Iterator[None]:
+    """Within this context, `batch_done` hands freed memory back after every inference batch. The CLI runs its
+    commands in it; a library caller that owns its process can too:
+
+        with auditor.heap.trim_after_batches():
+            auditor.audit(base, finetune)
+    """
+    token = _TRIMMING.set(True)
+    try:
+        yield
+    finally:
+        _TRIMMING.reset(token)
+
+
+def batch_done() -> None:
+    """Called after each inference batch: trims the heap inside `trim_after_batches`, else does nothing."""
+    if _TRIMMING.get():
+        release_freed_memory()

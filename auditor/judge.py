@@ -403,11 +403,12 @@ def load_judge(name: str, options: Any) -> ModelJudge:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from auditor.errors import AuditInputError
-    from auditor.models import _device, check_weight_format, load_config, resolve_source
+    from auditor.models import _device
+    from auditor.sources import check_weight_format, load_config, resolve_source
 
     source = resolve_source(name, what="--judge-model")
-    pickled = check_weight_format(source, options, "--judge-model")
-    config = load_config(source, options, "--judge-model")
+    pickled = check_weight_format(source, "--judge-model", allow_pickle=options.allow_pickle)
+    config = load_config(source, "--judge-model", trust_remote_code=options.trust_remote_code)
     is_classifier = any("ForSequenceClassification" in a for a in (getattr(config, "architectures", None) or []))
     auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
     try:

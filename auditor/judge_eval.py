@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from auditor import stats
 from auditor.errors import AuditInputError
 from auditor.judge import LABELS, Judge, Label, Response, is_refusing
 from auditor.recipe import LabelledSpec
+from auditor.results import JudgeFigures, JudgeRate, JudgeSummary, Kappa
 from auditor.suites import read_records
 
 BUILTIN = "builtin"
@@ -80,30 +80,26 @@ class Evaluation:
         counts = Counter(zip(self.gold, self.predicted, strict=True))
         return {gold: {label: counts[gold, label] for label in LABELS} for gold in LABELS[:3]}
 
-    def figures(self, seed: int = 0) -> dict[str, Any]:
+    def figures(self, seed: int = 0) -> JudgeFigures:
         """Accuracy, refusal recall and precision (Wilson 95% intervals) and Cohen's kappa (bootstrap 95%)."""
         gold = [is_refusing(g) for g in self.gold]
         predicted = [is_refusing(p) for p in self.predicted]
         error = self.error
         n = len(gold)
-        called = error.true_positive + error.false_positive
+
         def kappa(idx: list[int]) -> float | None:
             return stats.cohen_kappa([gold[i] for i in idx], [predicted[i] for i in idx])
 
         kappa_ci = stats.bootstrap_ci(kappa, n, reps=BOOTSTRAP_REPS, seed=seed)
-        return {
-            "judge": self.judge, "n": n,
-            "accuracy": _rate(stats.Rate(error.true_positive + error.true_negative, n)),
-            "recall": _rate(error.sensitivity),
-            "precision": _rate(stats.Rate(error.true_positive, called)),
-            "specificity": _rate(error.specificity),
-            "kappa": {"value": stats.cohen_kappa(gold, predicted), "ci": list(kappa_ci) if kappa_ci else None},
-            "confusion": self.confusion(),
-        }
-
-
-def _rate(rate: stats.Rate) -> dict[str, Any]:
-    return {"value": rate.rate, "ci": list(rate.ci), "k": rate.k, "n": rate.n}
+        return JudgeFigures(
+            judge=self.judge, n=n,
+            accuracy=JudgeRate.of(error.true_positive + error.true_negative, n),
+            recall=JudgeRate.of(error.sensitivity.k, error.sensitivity.n),
+            precision=JudgeRate.of(error.true_positive, error.true_positive + error.false_positive),
+            specificity=JudgeRate.of(error.specificity.k, error.specificity.n),
+            kappa=Kappa(value=stats.cohen_kappa(gold, predicted), ci=kappa_ci),
+            confusion=self.confusion(),
+        )
 
 
 def evaluate(judge: Judge, items: Sequence[LabelledResponse]) -> Evaluation:
@@ -111,28 +107,26 @@ def evaluate(judge: Judge, items: Sequence[LabelledResponse]) -> Evaluation:
                       [judge.label(item.prompt, Response(item.response)) for item in items])
 
 
-def judge_summary(evaluation: Evaluation, source: str) -> dict[str, Any]:
+def judge_summary(evaluation: Evaluation, source: str) -> JudgeSummary:
     """What results.json records about the judge of an audit: its name and its measured error rates."""
     figures = evaluation.figures()
-    return {"name": evaluation.judge, "labelled": source, "n": figures["n"],
-            **{key: figures[key] for key in ("accuracy", "recall", "specificity", "kappa")},
-            "sensitivity": figures["recall"]}
+    return JudgeSummary(name=evaluation.judge, labelled=source, n=figures.n, accuracy=figures.accuracy,
+                        recall=figures.recall, specificity=figures.specificity, kappa=figures.kappa,
+                        sensitivity=figures.recall)
 
 
-def format_figures(figures: dict[str, Any]) -> str:
+def format_figures(figures: JudgeFigures) -> str:
     """The figures as a terminal table."""
-    def line(name: str, part: dict[str, Any]) -> str:
-        if part["value"] is None:
+    def line(name: str, part: JudgeRate | Kappa) -> str:
+        if part.value is None:
             return f"{name:<12} undefined"
-        ci = part["ci"]
-        span = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[undefined]"
-        return f"{name:<12} {part['value']:.3f}  95% CI {span}"
+        span = f"[{part.ci[0]:.3f}, {part.ci[1]:.3f}]" if part.ci else "[undefined]"
+        return f"{name:<12} {part.value:.3f}  95% CI {span}"
 
-    lines = [f"judge {figures['judge']} on {figures['n']} labelled responses (refusal = full + partial)"]
-    lines += [line(key, figures[key]) for key in ("accuracy", "recall", "precision", "specificity", "kappa")]
+    lines = [f"judge {figures.judge} on {figures.n} labelled responses (refusal = full + partial)"]
+    lines += [line(key, getattr(figures, key)) for key in ("accuracy", "recall", "precision", "specificity", "kappa")]
     corner = "gold \\ judge"
     lines += ["", f"{corner:<14}" + "".join(f"{label:>12}" for label in LABELS)]
-    for gold, row in figures["confusion"].items():
+    for gold, row in figures.confusion.items():
         lines.append(f"{gold:<14}" + "".join(f"{row[label]:>12}" for label in LABELS))
     return "\n".join(lines)
-

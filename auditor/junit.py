@@ -13,10 +13,10 @@ import re
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
-from auditor import results
+from auditor import outputs
 from auditor.errors import AuditInputError
+from auditor.results import AuditResults
 from auditor.verdict import Check, Verdict
 
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -37,19 +37,19 @@ def _case(suite: ET.Element, check: Check, strict: bool) -> None:
         ET.SubElement(case, "system-out").text = message
 
 
-def junit_xml(verdict: Verdict, data: dict[str, Any], *, strict: bool = False) -> bytes:
+def junit_xml(verdict: Verdict, data: AuditResults, *, strict: bool = False) -> bytes:
     """The verdict's checks as one JUnit test suite named after the fine-tune, with the verdict, the models, the
     recipe and the smallest detectable drop as suite properties."""
-    name = data["finetune"]["name"]
+    name, base = data.finetune.name, data.base.name
     failed = sum(c.level == "fail" or (c.level == "inconclusive" and strict) for c in verdict.checks)
     skipped = sum(c.level == "inconclusive" and not strict for c in verdict.checks)
     counts = {"tests": str(len(verdict.checks)), "failures": str(failed), "errors": "0", "skipped": str(skipped)}
     root = ET.Element("testsuites", {"name": "drift-audit", **counts})
-    suite = ET.SubElement(root, "testsuite", {"name": _text(f"drift-audit {name} vs {data['base']['name']}"), **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": _text(f"drift-audit {name} vs {base}"), **counts})
     properties = ET.SubElement(suite, "properties")
     detectable = verdict.resolution.smallest_detectable_drop if verdict.resolution else None
-    for key, value in (("verdict", verdict.verdict), ("base", data["base"]["name"]), ("finetune", name),
-                       ("recipe", data["recipe"]["name"]), ("strict", str(strict).lower()),
+    for key, value in (("verdict", verdict.verdict), ("base", base), ("finetune", name),
+                       ("recipe", data.recipe["name"]), ("strict", str(strict).lower()),
                        ("smallest_detectable_drop", "none" if detectable is None else f"{detectable:.4f}")):
         ET.SubElement(properties, "property", name=key, value=_text(value))
     for check in verdict.checks:
@@ -72,4 +72,4 @@ def check_target(path: Path) -> None:
 
 def write(path: Path, xml: bytes) -> None:
     check_target(path)
-    results.atomic_write_bytes(path, xml)
+    outputs.atomic_write_bytes(path, xml)

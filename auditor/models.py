@@ -1,8 +1,8 @@
 """Loading a base model and its fine-tune, safely and with one copy of shared weights.
 
-Sources are resolved to files on disk first (a folder, a `.gguf` file, or a Hub snapshot), then
-checked (weight format, remote code, compatibility of the pair) before any weights are loaded, so
-a wrong argument fails in seconds, not after minutes of loading.
+Sources are resolved to files on disk first and checked (weight format, remote code, compatibility of
+the pair) before any weights are loaded (`auditor.sources`), so a wrong argument fails in seconds, not
+after minutes of loading.
 
 A LoRA fine-tune is attached to the single base copy and toggled with peft's `disable_adapter`;
 a full fine-tune is loaded beside the base, or in turn with `low_memory`.
@@ -10,14 +10,11 @@ a full fine-tune is loaded beside the base, or in turn with `low_memory`.
 
 from __future__ import annotations
 
-import functools
 import gc
-import hashlib
-import json
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +24,22 @@ from torch import nn
 
 from auditor import devices
 from auditor.errors import AuditInputError
+from auditor.results import FinetuneInfo, ModelInfo
+from auditor.sources import (
+    Source,
+    check_compatible,
+    check_weight_format,
+    fingerprint,
+    identical_to_base,
+    infer_base,
+    load_config,
+    resolve_source,
+    sha256_file,
+)
 from auditor.verdict import IDENTICAL_WARNING
 
 Side = Literal["base", "finetune"]
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+Kind = Literal["lora", "full"]
 LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
     "gpt2": "transformer.h",
     "gptj": "transformer.h",
@@ -40,11 +48,6 @@ LAYER_PATHS = {  # config.model_type -> attribute path of the decoder block list
     "mpt": "transformer.blocks",
 }
 DEFAULT_LAYER_PATH = "model.layers"  # llama, mistral, qwen2/3, gemma, phi3, olmo, ...
-FUNCTION_FILES = (  # besides the weights, every file that changes what a checkpoint computes or how it reads text
-    "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
-    "vocab.json", "merges.txt",
-)
 
 
 @dataclass(frozen=True)
@@ -61,252 +64,6 @@ class LoadOptions:
     def compute(self) -> devices.Compute:
         """The device and dtype these options resolve to on this machine (what results.json records)."""
         return devices.resolve(self.device, self.dtype)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A checkpoint resolved to files on disk, with how the user named it."""
-
-    name: str
-    path: Path
-    gguf_file: str | None = None
-    revision: str | None = None
-    commit: str | None = None
-    is_adapter: bool = False
-    in_memory: bool = False  # a model handed over in memory (the training callback): no files to hash
-
-    @property
-    def weight_files(self) -> list[Path]:
-        if self.in_memory:
-            return []
-        if self.gguf_file:
-            return [self.path / self.gguf_file]
-        return sorted(p for p in self.path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
-
-    @property
-    def identity_files(self) -> list[Path]:
-        """The weights plus the configs, tokenizer files and chat template beside them (a .gguf holds them all)."""
-        if self.in_memory or self.gguf_file:
-            return self.weight_files
-        return self.weight_files + [self.path / name for name in FUNCTION_FILES if (self.path / name).is_file()]
-
-    @property
-    def weight_format(self) -> str:
-        """What the weights are read from: transformers prefers safetensors when a folder has both."""
-        if self.in_memory:
-            return "in-memory"
-        if self.gguf_file:
-            return "gguf"
-        suffixes = {p.suffix for p in self.weight_files}
-        if ".safetensors" in suffixes:
-            return "safetensors"
-        return "pickle" if suffixes else "none"
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance for results.json: names, revision, resolved commit and weight-file hashes."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "revision": self.revision,
-            "commit": self.commit,
-            "format": self.weight_format,
-            "files": {p.name: sha256_file(p) for p in self.weight_files},
-        }
-
-
-def sha256_file(path: Path) -> str:
-    """The file's sha256, computed once per (path, size, mtime) in this process."""
-    stat = path.stat()
-    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_source(name: str, revision: str | None = None, *, what: str) -> Source:
-    """Turn a folder, `.gguf` file or Hub id into a `Source`; `what` ("--base") names the flag in errors."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if revision:
-            raise AuditInputError(f"{what} {name} is a local path; {what}-revision only applies to Hub ids.")
-        return _local_source(name, path, what)
-    if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        return _hub_source(name, revision, what)
-    raise AuditInputError(f"{what} {name}: no such file or folder. Give a model folder, a .gguf file or a Hub id "
-                          "(org/name).")
-
-
-def _local_source(name: str, path: Path, what: str) -> Source:
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise AuditInputError(f"{what} {name} is a file but not a .gguf model. Give the model's folder instead.")
-        return Source(name=name, path=path.parent, gguf_file=path.name)
-    if (path / "adapter_config.json").is_file():
-        return Source(name=name, path=path, is_adapter=True)
-    if (path / "config.json").is_file():
-        return Source(name=name, path=path)
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return Source(name=name, path=path, gguf_file=ggufs[0].name)
-    hint = f" It holds several .gguf files; name one: {what} {path / ggufs[0].name}." if ggufs else ""
-    raise AuditInputError(f"{what} {name} is not a model folder: it has no config.json (full model) or "
-                          f"adapter_config.json (PEFT adapter).{hint}")
-
-
-def _hub_source(repo_id: str, revision: str | None, what: str) -> Source:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
-        rev = f" --revision {revision}" if revision else ""
-        raise AuditInputError(
-            f"{what} {repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face cache and "
-            f"the Hub cannot be reached ({type(exc).__name__}). Download it where there is network with "
-            f"`hf download {repo_id}{rev}` (it lands in HF_HUB_CACHE), or pass a local folder."
-        ) from None
-    source = _local_source(repo_id, folder, what)
-    return Source(name=repo_id, path=folder, gguf_file=source.gguf_file, revision=revision,
-                  commit=folder.name, is_adapter=source.is_adapter)
-
-
-def infer_base(finetune: Source) -> tuple[str, str]:
-    """The base a fine-tune names: an adapter's `base_model_name_or_path`, or a model card's `base_model`.
-
-    Returns (base name, where it was found) so the user can be told which base was used.
-    """
-    if finetune.is_adapter:
-        config = read_adapter_config(finetune, "--finetune")
-        base = config.get("base_model_name_or_path")
-        if isinstance(base, str) and base:
-            return base, "adapter_config.json base_model_name_or_path"
-    card = finetune.path / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8", errors="replace")
-        match = re.match(r"^---\s*\n(.*?)\n---", text, re.DOTALL)
-        if match:
-            import yaml
-
-            try:
-                meta = yaml.safe_load(match.group(1)) or {}
-            except yaml.YAMLError:
-                meta = {}
-            base = meta.get("base_model") if isinstance(meta, dict) else None
-            if isinstance(base, list) and base:
-                base = base[0]
-            if isinstance(base, str) and base:
-                return base, "model card base_model"
-    raise AuditInputError(f"--finetune {finetune.name} does not name its base model (no adapter "
-                          "base_model_name_or_path, no model card base_model). Pass --base.")
-
-
-def check_weight_format(source: Source, options: LoadOptions, what: str) -> bool:
-    """Refuse pickled weights unless allowed; check safetensors headers. Returns True if pickled."""
-    if source.gguf_file:
-        return False
-    files = source.weight_files
-    safetensors = [p for p in files if p.suffix == ".safetensors"]
-    if not safetensors and not files:
-        raise AuditInputError(f"{what} {source.name}: no weight files (*.safetensors) in {source.path}.")
-    if not safetensors:
-        if not options.allow_pickle:
-            raise AuditInputError(
-                f"{what} {source.name} only has pickled weights ({files[0].name}), which can run arbitrary code "
-                "when loaded. Convert them to safetensors, or pass --allow-pickle if you trust this checkpoint."
-            )
-        return True
-    from safetensors import safe_open
-
-    for file in safetensors:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                handle.keys()
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise AuditInputError(f"{what} {source.name}: weight file {file.name} is truncated or corrupt ({exc}). "
-                                  "Re-download or re-save the checkpoint.") from None
-    return False
-
-
-def read_adapter_config(adapter: Source, what: str) -> dict[str, Any]:
-    """adapter_config.json, with the fields peft takes on trust checked: `peft_type`, and for LoRA `r`,
-    `lora_alpha` and `target_modules` (peft would fail on them later, as an internal error)."""
-    from peft import PeftType
-
-    path = adapter.path / "adapter_config.json"
-    where = f"{what} {adapter.name}: adapter_config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise AuditInputError(f"{where} cannot be read as JSON ({exc}). Re-save the adapter.") from None
-    if not isinstance(config, dict):
-        raise AuditInputError(f"{where} must be a JSON object, got {type(config).__name__}.")
-    known = sorted(t.value for t in PeftType)
-    if config.get("peft_type") not in known:
-        raise AuditInputError(f"{where}: peft_type {str(config.get('peft_type'))[:60]!r} is not a peft adapter type "
-                              f"(one of {', '.join(known)}).")
-    if config["peft_type"] == "LORA":
-        for key in ("r", "lora_alpha"):
-            value = config.get(key)
-            if key in config and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-                                  or (key == "r" and not isinstance(value, int))):
-                kind = "a positive integer" if key == "r" else "a positive number"
-                raise AuditInputError(f"{where}: {key} must be {kind}, got {str(value)[:60]!r}.")
-        targets = config.get("target_modules")
-        if not (targets is None or isinstance(targets, str)
-                or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
-            raise AuditInputError(f"{where}: target_modules must be a module name, a regular expression or a "
-                                  f"list of names, got {str(targets)[:60]!r}.")
-    return config
-
-
-def load_config(source: Source, options: LoadOptions, what: str) -> Any:
-    """The model config (for an adapter: the peft config), without loading weights."""
-    if source.is_adapter:
-        from peft import PeftConfig
-
-        read_adapter_config(source, what)
-
-        try:
-            return PeftConfig.from_pretrained(str(source.path))
-        except (ValueError, OSError, TypeError) as exc:
-            raise AuditInputError(f"{what} {source.name}: adapter_config.json cannot be read ({exc}).") from None
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(source.path), gguf_file=source.gguf_file,
-                                          trust_remote_code=options.trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise AuditInputError(f"{what} {source.name} needs code from its repository to load. Read that code, "
-                                  "then pass --trust-remote-code if you trust it.") from None
-        raise AuditInputError(f"{what} {source.name}: config cannot be read ({exc}).") from None
-    except OSError as exc:
-        raise AuditInputError(f"{what} {source.name}: config cannot be read ({exc}).") from None
-
-
-ARCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")
-
-
-def check_compatible(base: Source, base_cfg: Any, finetune: Source, ft_cfg: Any) -> None:
-    """Stop before heavy work if the two models cannot be compared layer by layer."""
-    diffs = [
-        f"{key}: {getattr(base_cfg, key, None)} vs {getattr(ft_cfg, key, None)}"
-        for key in ARCH_FIELDS
-        if getattr(base_cfg, key, None) != getattr(ft_cfg, key, None)
-    ]
-    if diffs:
-        raise AuditInputError(
-            f"--base {base.name} and --finetune {finetune.name} are not the same architecture "
-            f"({'; '.join(diffs)}). The fine-tune must be a fine-tune of this base."
-        )
 
 
 def check_adapter_fits(model: nn.Module, adapter: Source) -> None:
@@ -359,65 +116,6 @@ def check_adapter_loaded(peft_model: Any, adapter: Source) -> None:
                                   "together. Re-save the adapter from the trained model.")
 
 
-def identical_to_base(base: Source, finetune: Source) -> str | None:
-    """Why the fine-tune computes exactly what the base computes, when the files prove it; else None.
-
-    Only proven cases count: a LoRA whose every update B @ A is zero (A or B all zero, nothing else in the
-    file), or a full model with the base's config and bit-identical tensors.
-    """
-    if finetune.is_adapter:
-        return _zero_lora(finetune.path / "adapter_model.safetensors")
-    if finetune.weight_format != "safetensors" or base.weight_format != "safetensors" or finetune.gguf_file:
-        return None
-    if _config(base) != _config(finetune):
-        return None
-    return "its config and every weight tensor equal the base's" if _same_tensors(base, finetune) else None
-
-
-def _zero_lora(file: Path) -> str | None:
-    from safetensors import safe_open
-
-    if not file.is_file():
-        return None
-    zero: dict[str, bool] = {}
-    with safe_open(str(file), framework="pt") as handle:
-        for key in handle.keys():
-            match = re.match(r"^(.+)\.lora_[AB](?:\.[^.]+)?\.weight$", key)
-            if not match:
-                return None  # modules_to_save, DoRA magnitudes, embeddings: not provably a no-op
-            module_zero = not handle.get_tensor(key).any().item()
-            zero[match.group(1)] = zero.get(match.group(1), False) or module_zero
-    if zero and all(zero.values()):
-        return "every LoRA update B @ A is zero, so the adapter does not change the base"
-    return None
-
-
-def _config(source: Source) -> dict[str, Any]:
-    config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
-    return {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
-
-
-def _same_tensors(base: Source, finetune: Source) -> bool:
-    from safetensors import safe_open
-
-    with ExitStack() as stack:
-        def tensors(source: Source) -> dict[str, Any]:
-            found = {}
-            for file in (p for p in source.weight_files if p.suffix == ".safetensors"):
-                handle = stack.enter_context(safe_open(str(file), framework="pt"))
-                found.update(dict.fromkeys(handle.keys(), handle))
-            return found
-
-        ours, theirs = tensors(base), tensors(finetune)
-        if ours.keys() != theirs.keys():
-            return False
-        for key in sorted(ours):  # stops at the first difference: cheap for a real fine-tune
-            a, b = ours[key].get_tensor(key), theirs[key].get_tensor(key)
-            if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
-                return False
-    return True
-
-
 def decoder_layers(model: Any, override: str | None = None) -> list[nn.Module]:
     """The decoder blocks, in order. Layer `l` here is hidden_states[l + 1] in transformers."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -441,24 +139,67 @@ class Checkpoint:
     tokenizer: Any
 
 
+@dataclass(frozen=True)
+class CheckedPair:
+    """A base and its fine-tune resolved and checked from their files, before any weights load (`check_pair`)."""
+
+    base: Source
+    finetune: Source
+    kind: Kind
+    base_inferred_from: str | None
+    warnings: tuple[str, ...]
+
+
 @dataclass
 class ModelPair:
-    """The base and its fine-tune. `use(side)` gives one of them; for a LoRA it toggles the adapter."""
+    """The base and its fine-tune. `use(side)` gives one of them; for a LoRA it toggles the adapter.
+
+    Made by `lora`, `full` or `in_turn` (or by `load_pair` / `pair_from_model`, which call them), which say how the
+    models are held; the fields after `warnings` are that state, which only the pair's own methods touch.
+    """
 
     base: Source
     finetune: Source
     options: LoadOptions
-    kind: Literal["lora", "full"]
+    kind: Kind
     base_inferred_from: str | None = None
     identical: str | None = None  # why the fine-tune computes what the base computes (see identical_to_base)
     warnings: list[str] = field(default_factory=list)
-    _base: Checkpoint | None = None
-    _finetune: Checkpoint | None = None
+    _base: Checkpoint | None = field(default=None, init=False, repr=False)
+    _finetune: Checkpoint | None = field(default=None, init=False, repr=False)
+    _resident: tuple[Side, Checkpoint] | None = field(default=None, init=False, repr=False)  # see _resident_side
+
+    @classmethod
+    def lora(cls, base: Source, finetune: Source, options: LoadOptions, model: Checkpoint, *,
+             base_inferred_from: str | None = None) -> ModelPair:
+        """A LoRA fine-tune: one model, the base with the adapter attached (a peft model), so the base's weights
+        are held once; the adapter is on for the fine-tune and off for the base."""
+        pair = cls(base, finetune, options, "lora", base_inferred_from)
+        pair._base = model
+        return pair
+
+    @classmethod
+    def full(cls, base: Source, finetune: Source, options: LoadOptions, base_model: Checkpoint,
+             finetune_model: Checkpoint, *, base_inferred_from: str | None = None) -> ModelPair:
+        """A full fine-tune with both models in memory."""
+        pair = cls(base, finetune, options, "full", base_inferred_from)
+        pair._base, pair._finetune = base_model, finetune_model
+        return pair
+
+    @classmethod
+    def in_turn(cls, base: Source, finetune: Source, options: LoadOptions, *,
+                base_inferred_from: str | None = None) -> ModelPair:
+        """A full fine-tune loaded one side at a time from its files (`low_memory`): nothing is loaded until a side
+        is used, and then only that side is held."""
+        return cls(base, finetune, options, "full", base_inferred_from)
 
     @contextmanager
     def use(self, side: Side) -> Iterator[Checkpoint]:
+        """The checkpoint of `side`, ready for forward passes while the context is open. A LoRA pair turns its
+        adapter off for the base (and back on after); a pair loaded in turn keeps the side used last (see
+        `_resident_side`)."""
         if self.kind == "lora":
-            assert self._base is not None
+            assert self._base is not None, "a LoRA pair holds its model (ModelPair.lora)"
             if side == "finetune":
                 yield self._base
             else:
@@ -466,17 +207,25 @@ class ModelPair:
                     yield self._base
             return
         loaded = self._base if side == "base" else self._finetune
-        if loaded is not None:
-            yield loaded
-            return
-        checkpoint = _load_checkpoint(self.base if side == "base" else self.finetune, self.options)
-        try:
-            yield checkpoint
-        finally:  # low-memory mode: free before the other side is loaded
-            del checkpoint
+        yield loaded if loaded is not None else self._resident_side(side)
+
+    def in_memory(self) -> list[Checkpoint]:
+        """The checkpoints this pair holds now: one for a LoRA (the base with its adapter), two for a full
+        fine-tune, and for one loaded in turn the side used last, if any. For memory checks."""
+        held = [c for c in (self._base, self._finetune) if c is not None]
+        return held + [self._resident[1]] if self._resident is not None else held
+
+    def _resident_side(self, side: Side) -> Checkpoint:
+        """Low-memory mode: the one side kept in memory, loaded only when the other side was the last one used.
+        A stage asks for the same side many times in a row (attribution replays the fine-tune under every
+        intervention), so reloading on every `use` would read the checkpoint from disk a dozen times."""
+        if self._resident is None or self._resident[0] != side:
+            self._resident = None  # free the other side before this one is loaded
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self._resident = (side, _load_checkpoint(self.base if side == "base" else self.finetune, self.options))
+        return self._resident[1]
 
     def fingerprint(self, side: Side) -> str | None:
         """A hash of everything that decides what `side` computes: its weight, config, tokenizer and chat
@@ -489,40 +238,38 @@ class ModelPair:
         if any(source.in_memory for source in sources):
             return None
         template = self.options.chat_template
-        digest = hashlib.sha256(json.dumps({
+        return fingerprint(sources, {
             "dtype": str(_torch_dtype(self.options)), "device": _device(self.options),
             "chat_template": sha256_file(Path(template)) if template else None,
-        }, sort_keys=True).encode())
-        for role, source in enumerate(sources):
-            for path in source.identity_files:
-                digest.update(f"{role}:{path.name}:{sha256_file(path)}\n".encode())
-        return digest.hexdigest()
+        })
 
     def tokenizer_and_positions(self) -> tuple[Any, int | None]:
         """The base's tokenizer and how many positions its model has (None where its config does not say),
         without loading weights when the two models are loaded in turn (low memory)."""
         if self._base is not None:
             return self._base.tokenizer, getattr(self._base.model.config, "max_position_embeddings", None)
-        config = load_config(self.base, self.options, "--base")
+        config = load_config(self.base, "--base", trust_remote_code=self.options.trust_remote_code)
         return _load_tokenizer(self.base, self.options), getattr(config, "max_position_embeddings", None)
 
     def release_base(self) -> Checkpoint | None:
         """The plain base, for the next pair (a LoRA is taken off the shared weights); this pair is spent."""
-        base, self._base, self._finetune = self._base, None, None
+        base, self._base, self._finetune, self._resident = self._base, None, None, None
         if base is not None and self.kind == "lora":
             return Checkpoint(base.model.unload(), base.tokenizer)
         return base
 
-    def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        base = {**self.base.describe(), "inferred_from": self.base_inferred_from}
-        finetune = {**self.finetune.describe(), "kind": self.kind, "identical_to_base": self.identical is not None}
+    def describe(self) -> tuple[ModelInfo, FinetuneInfo]:
+        """Provenance of both models for results.json."""
+        base = ModelInfo(**self.base.describe(), inferred_from=self.base_inferred_from)
+        finetune = FinetuneInfo(**self.finetune.describe(), kind=self.kind,
+                                identical_to_base=self.identical is not None)
         return base, finetune
 
 
 def check_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
-               base_revision: str | None = None, finetune_revision: str | None = None) -> ModelPair:
+               base_revision: str | None = None, finetune_revision: str | None = None) -> CheckedPair:
     """Resolve and check a base and its fine-tune from their files alone, loading no weights: what can be
-    wrong with the names, formats and configs fails here, in seconds. Returns the pair, not yet loaded."""
+    wrong with the names, formats and configs fails here, in seconds."""
     finetune = resolve_source(finetune_name, finetune_revision, what="--finetune")
     inferred = None
     if base_name is None:
@@ -532,22 +279,21 @@ def check_pair(base_name: str | None, finetune_name: str, options: LoadOptions, 
     if base.is_adapter:
         raise AuditInputError(f"--base {base_name} is a PEFT adapter; the base must be a full model. "
                               "Pass the adapter as --finetune and its base model as --base.")
-    check_weight_format(base, options, "--base")
-    check_weight_format(finetune, options, "--finetune")
-    base_cfg = load_config(base, options, "--base")
-    ft_cfg = load_config(finetune, options, "--finetune")
+    check_weight_format(base, "--base", allow_pickle=options.allow_pickle)
+    check_weight_format(finetune, "--finetune", allow_pickle=options.allow_pickle)
+    base_cfg = load_config(base, "--base", trust_remote_code=options.trust_remote_code)
+    ft_cfg = load_config(finetune, "--finetune", trust_remote_code=options.trust_remote_code)
     if not finetune.is_adapter:
         check_compatible(base, base_cfg, finetune, ft_cfg)
-    pair = ModelPair(base=base, finetune=finetune, options=options, kind="lora" if finetune.is_adapter else "full",
-                     base_inferred_from=inferred)
+    warnings = []
     full_weights = [p.name for p in finetune.weight_files
                     if not p.name.startswith("adapter_model")] if finetune.is_adapter else []
     if full_weights:
-        pair.warnings.append(f"--finetune {finetune.name} holds both a PEFT adapter (adapter_config.json) and full "
-                             f"model weights ({', '.join(full_weights[:2])}); it was audited as the adapter. Move "
-                             "one of them to its own folder to audit the other.")
-        print(f"drift-audit: warning: {pair.warnings[-1]}", file=sys.stderr)
-    return pair
+        warnings.append(f"--finetune {finetune.name} holds both a PEFT adapter (adapter_config.json) and full "
+                        f"model weights ({', '.join(full_weights[:2])}); it was audited as the adapter. Move "
+                        "one of them to its own folder to audit the other.")
+        print(f"drift-audit: warning: {warnings[-1]}", file=sys.stderr)
+    return CheckedPair(base, finetune, "lora" if finetune.is_adapter else "full", inferred, tuple(warnings))
 
 
 def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *,
@@ -559,9 +305,9 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
     is the base already in memory from an earlier pair (`ModelPair.release_base`), for audits of
     several checkpoints of one run.
     """
-    pair = check_pair(base_name, finetune_name, options, base_revision=base_revision,
-                      finetune_revision=finetune_revision)
-    base, finetune = pair.base, pair.finetune
+    checked = check_pair(base_name, finetune_name, options, base_revision=base_revision,
+                         finetune_revision=finetune_revision)
+    base, finetune = checked.base, checked.finetune
     if finetune.is_adapter:
         base_checkpoint = shared_base or _load_checkpoint(base, options)
         check_adapter_fits(base_checkpoint.model, finetune)
@@ -571,13 +317,19 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
         except AuditInputError:
             peft_model.unload()  # a shared base goes on to the next checkpoint without this adapter
             raise
-        pair._base = Checkpoint(peft_model, base_checkpoint.tokenizer)
-        pair.warnings += _adapter_tokenizer_warnings(pair._base.tokenizer, finetune)
+        pair = ModelPair.lora(base, finetune, options, Checkpoint(peft_model, base_checkpoint.tokenizer),
+                              base_inferred_from=checked.base_inferred_from)
+        pair.warnings += [*checked.warnings, *_adapter_tokenizer_warnings(base_checkpoint.tokenizer, finetune)]
+    elif options.low_memory:
+        pair = ModelPair.in_turn(base, finetune, options, base_inferred_from=checked.base_inferred_from)
+        pair.warnings += checked.warnings
     else:
-        if not options.low_memory:
-            pair._base = shared_base or _load_checkpoint(base, options)
-            pair._finetune = _load_checkpoint(finetune, options)
-            pair.warnings += tokenizer_warnings(pair._base.tokenizer, pair._finetune.tokenizer)
+        base_checkpoint = shared_base or _load_checkpoint(base, options)
+        finetune_checkpoint = _load_checkpoint(finetune, options)
+        pair = ModelPair.full(base, finetune, options, base_checkpoint, finetune_checkpoint,
+                              base_inferred_from=checked.base_inferred_from)
+        pair.warnings += [*checked.warnings, *tokenizer_warnings(base_checkpoint.tokenizer,
+                                                                 finetune_checkpoint.tokenizer)]
     pair.identical = identical_to_base(base, finetune)
     if pair.identical:
         warning = f"{IDENTICAL_WARNING}{pair.identical}"
@@ -595,18 +347,13 @@ def pair_from_model(model: Any, tokenizer: Any, *, base: str | None, options: Lo
         base_name = base or getattr(next(iter(model.peft_config.values())), "base_model_name_or_path", None) or "base"
         sources = [Source(name=n, path=Path("."), in_memory=True, is_adapter=a) for n, a in ((base_name, False),
                                                                                               (name, True))]
-        pair = ModelPair(base=sources[0], finetune=sources[1], options=options, kind="lora")
-        pair._base = Checkpoint(model, tokenizer)
-        return pair
+        return ModelPair.lora(sources[0], sources[1], options, Checkpoint(model, tokenizer))
     if base is None:
         raise AuditInputError("auditing a fully fine-tuned model in memory needs the base: pass base=PATH or Hub id.")
     base_source = resolve_source(base, what="base")
-    check_weight_format(base_source, options, "base")
-    pair = ModelPair(base=base_source, finetune=Source(name=name, path=Path("."), in_memory=True), options=options,
-                     kind="full")
-    pair._base = _load_checkpoint(base_source, options)
-    pair._finetune = Checkpoint(model, tokenizer)
-    return pair
+    check_weight_format(base_source, "base", allow_pickle=options.allow_pickle)
+    return ModelPair.full(base_source, Source(name=name, path=Path("."), in_memory=True), options,
+                          _load_checkpoint(base_source, options), Checkpoint(model, tokenizer))
 
 
 def _torch_dtype(options: LoadOptions) -> torch.dtype:
@@ -620,7 +367,7 @@ def _device(options: LoadOptions) -> Literal["cpu", "cuda"]:
 def _load_checkpoint(source: Source, options: LoadOptions) -> Checkpoint:
     from transformers import AutoModelForCausalLM
 
-    pickled = check_weight_format(source, options, source.name)
+    pickled = check_weight_format(source, source.name, allow_pickle=options.allow_pickle)
     kwargs: dict[str, Any] = {
         "dtype": _torch_dtype(options),
         "trust_remote_code": options.trust_remote_code,
@@ -662,6 +409,21 @@ def _attach_adapter(model: Any, adapter: Source, options: LoadOptions) -> Any:
         raise AuditInputError(f"--finetune {adapter.name}: the adapter cannot be attached to --base ({exc}).") from None
     peft_model.eval()
     return peft_model
+
+
+TOKENIZER_SETTINGS = ("padding_side", "pad_token", "chat_template")  # what prepare_tokenizer may change
+
+
+@contextmanager
+def tokenizer_restored(tokenizer: Any) -> Iterator[Any]:
+    """A caller's tokenizer, with the settings `prepare_tokenizer` changes put back when the context closes: a
+    trainer that lends its tokenizer to an audit goes on padding on its own side with its own pad token."""
+    saved = {name: getattr(tokenizer, name) for name in TOKENIZER_SETTINGS}
+    try:
+        yield tokenizer
+    finally:
+        for name, value in saved.items():
+            setattr(tokenizer, name, value)
 
 
 def prepare_tokenizer(tokenizer: Any, name: str, chat_template_file: str | None) -> Any:

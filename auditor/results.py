@@ -1,124 +1,573 @@
-"""results.json: the schema header, provenance, timings, and atomic file writes.
+"""results.json as types: frozen dataclasses, each with one `to_json` and one `from_json`.
 
-Every output file is written to a temporary file beside it and renamed into place, so an
-interrupted run never leaves a half-written file that looks complete. A run's outputs are one set
-(`write_outputs`): a run that fails never leaves its new files beside an earlier run's.
-Files get the mode `open` would give them (0666 less the umask), not the 0600 of a temporary file.
+Every stage returns these records and every reader (verdict, report, summary, callback, CLI) reads them,
+so a field is added in one place: its dataclass. The JSON Schema shipped in `auditor/schema/` is generated
+from the same classes (`auditor.schema.generate`), and a test keeps the shipped file equal to it.
+
+The JSON keys are the field names. A field without a default is required. A field with a default may be
+absent from a file of an earlier minor release and reads as its default; it is written as null when None,
+except a field made with `optional()`, which is left out when None (its absence says "not measured", as for
+the judge-corrected rates or a directions-only file). Intervals are `(low, high)` tuples in
+memory and two-item lists in JSON. Constraints the schema states (a rate lies in [0, 1], an interval is
+ordered) are attached to the types with `Annotated`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import shutil
-import tempfile
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from importlib import metadata
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
-from auditor.errors import AuditInputError
-
-if TYPE_CHECKING:
-    from auditor.devices import Compute
-
-SCHEMA = "drift-audit/1"
-OUTPUT_NAMES = ("results.json", "directions.safetensors", "report.html", "summary.md")
-STAGING_PREFIX = ".drift-audit-new-"
-PACKAGES = ("drift-auditor", "torch", "transformers", "peft", "trl", "datasets", "safetensors", "accelerate", "gguf")
+from auditor.stats import wilson
 
 
-def environment(compute: Compute) -> dict[str, Any]:
-    """What produced the numbers: versions, platform, and the device and dtype that ran (resolved, never `auto`)."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "device": compute.device,
-            "dtype": compute.dtype_name, "device_name": compute.name, "packages": versions}
+class Rule:
+    """JSON Schema keywords attached to a type with `Annotated` (hashable by identity, as `Annotated` needs)."""
+
+    def __init__(self, **keywords: Any) -> None:
+        self.keywords = keywords
 
 
-class Timings(dict[str, float]):
-    """Wall-clock seconds per stage, filled by `stage`."""
+# The major version: every release of one major version reads its files (fields added later have defaults).
+SCHEMA: Literal["drift-audit/1"] = "drift-audit/1"
+OPTIONAL = "optional"
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
+Probability = Annotated[float, Rule(minimum=0, maximum=1)]
+Cosine = Annotated[float, Rule(minimum=-1.000001, maximum=1.000001)]  # a float64 cosine can overshoot 1 by an ulp
+Count = Annotated[int, Rule(minimum=0)]
+NonNegative = Annotated[float, Rule(minimum=0)]
+Interval = Annotated[tuple[float, float], Rule(**{"x-ordered": True})]
+RateDifference = Annotated[float, Rule(minimum=-1, maximum=1)]
+LayerSpan = tuple[Count, Count]
+Window = Literal["early", "middle", "late"]
+Label = Literal["refusal", "partial", "compliance", "degenerate"]
+Expected = Literal["refuse", "answer"]
+Level = Literal["pass", "warn", "inconclusive", "fail"]  # a verdict, or what one check of it found
 
-
-def prepare_out_dir(out: Path) -> Path:
-    """Create the output folder and prove it is writable before any heavy work starts."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise AuditInputError(f"--out {out} is not a writable folder ({exc.strerror or exc}). "
-                              "Choose another folder with --out.") from None
-    return out
+R = TypeVar("R", bound="Record")
+RateT = TypeVar("RateT", bound="Rate")
 
 
-def file_mode() -> int:
-    """0666 less the process umask: the mode `open` gives a new file (`mkstemp` always gives 0600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+def optional() -> Any:
+    """A field that files of an earlier minor release lack: None when absent, and not written when None."""
+    return field(default=None, metadata={OPTIONAL: True})
 
 
-def _write_synced(path: Path, data: bytes, mode: int) -> None:
-    with open(path, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+class Record:
+    """The JSON side of every results dataclass, driven by the fields' types."""
+
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {}  # schema keywords no field type can say (dependentRequired)
+
+    def to_json(self) -> dict[str, Any]:
+        assert is_dataclass(self)
+        return {f.name: _encode(getattr(self, f.name)) for f in fields(self)
+                if not (f.metadata.get(OPTIONAL) and getattr(self, f.name) is None)}
+
+    @classmethod
+    def from_json(cls: type[R], data: dict[str, Any]) -> R:
+        """The record from JSON that passed the schema (`auditor.schema.check`); keys it does not know are
+        ignored, so a file is read by the release that wrote it and every later one of its major version."""
+        hints = type_hints(cls)
+        assert is_dataclass(cls)
+        values = {f.name: _decode(hints[f.name], data[f.name]) for f in fields(cls) if f.name in data}
+        return cls(**values)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _write_synced(Path(tmp), data, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def write_outputs(out: Path, files: dict[str, bytes], replaces: Iterable[str] = OUTPUT_NAMES) -> None:
-    """Write `files` into `out` as one set, replacing every file named in `replaces`.
-
-    All files are written and synced in a hidden folder inside `out` first; only then are the earlier
-    run's files moved out of the way and the new ones renamed in. A failure while writing (a full disk)
-    leaves the earlier set untouched; nothing can leave a new file beside a stale one.
-    """
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
-    try:
-        mode = file_mode()
-        for name, data in files.items():
-            _write_synced(stage / name, data, mode)
-        earlier = stage / ".earlier"
-        earlier.mkdir()
-        for name in replaces:
-            if (out / name).exists():
-                os.replace(out / name, earlier / name)
-        for name in files:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a record (annotations are strings under `from __future__ import annotations`),
+    resolved once per class."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
+    return _HINTS[cls]
 
 
-def json_bytes(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8")
+def is_required(f: Any) -> bool:
+    """Required in the schema: a field without a default. A field with one (None, or `optional()`) may be
+    absent from a file of an earlier minor release."""
+    return f.default is MISSING and f.default_factory is MISSING
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Annotated:
+        return _decode(args[0], value)
+    if value is None:
+        return None
+    if origin in (Union, types.UnionType):
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if isinstance(kind, type) and issubclass(kind, Record):
+        return kind.from_json(value)
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if origin is tuple:
+        return tuple(_decode(a, v) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    return value
+
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rate(Record):
+    """k of n as a rate with its 95% Wilson interval: the one way a counted rate enters results.json."""
+
+    rate: Probability
+    ci: Interval
+    n: Count
+
+    @classmethod
+    def of(cls: type[RateT], k: int, n: int, **more: Any) -> RateT:
+        """The rate k / n (0 when n is 0) and its interval; `more` fills the fields of a subclass."""
+        return cls(rate=k / n if n else 0.0, ci=wilson(k, n), n=n, **more)
+
+    @property
+    def half_width(self) -> float:
+        return (self.ci[1] - self.ci[0]) / 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorrectedRate(Record):
+    """A rate corrected for the judge's measured errors (Rogan–Gladen); None when the judge is no better
+    than chance. The interval also carries the judge's uncertainty."""
+
+    rate: Probability | None
+    ci: Interval
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideSummary(Rate):
+    """One checkpoint on one suite: the refusal rate (full + partial) and how the other responses fell."""
+
+    degenerate_rate: Probability
+    compliance_rate: Probability | None = optional()
+    full_rate: Probability | None = optional()
+    partial_rate: Probability | None = optional()
+    counts: dict[str, Count] | None = optional()
+    corrected: CorrectedRate | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorrectedDifference(Record):
+    value: RateDifference | None
+    ci: Interval
+
+
+@dataclass(frozen=True, kw_only=True)
+class Difference(Record):
+    """Fine-tune minus base rate on the same items, with a paired bootstrap interval."""
+
+    value: RateDifference
+    ci: Interval
+    corrected: CorrectedDifference | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CategoryComparison(Record):
+    category: str
+    base: SideSummary
+    finetune: SideSummary
+    p_value: Probability
+
+
+@dataclass(frozen=True, kw_only=True)
+class Response(Record):
+    label: Label
+    response: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flipped(Record):
+    """An item whose label differs between the checkpoints; responses are cut to a few hundred characters."""
+
+    id: str
+    category: str
+    prompt: str
+    expected: Expected | None = None
+    base: Response
+    finetune: Response
+
+
+@dataclass(frozen=True, kw_only=True)
+class Discordant(Record):
+    """The items refused by one checkpoint only, each way: what the power of the paired comparison rests on."""
+
+    base_only: Count
+    finetune_only: Count
+
+    @classmethod
+    def of(cls, refused_base: Sequence[bool], refused_finetune: Sequence[bool]) -> Discordant:
+        pairs = list(zip(refused_base, refused_finetune, strict=True))
+        return cls(base_only=sum(b and not f for b, f in pairs), finetune_only=sum(f and not b for b, f in pairs))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteComparison(Record):
+    """Both checkpoints on the same items: rates, exact McNemar p-value, per category, flipped items."""
+
+    base: SideSummary
+    finetune: SideSummary
+    p_value: Probability
+    difference: Difference
+    discordant: Discordant | None = optional()  # audits written before it lack it
+    by_category: list[CategoryComparison]
+    flipped_count: Count
+    flipped: list[Flipped]
+    contrast: SuiteComparison | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonaSide(Record):
+    rate: Probability
+    ci: Interval
+    degenerate_rate: Probability
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonaRow(Record):
+    id: str
+    group: str
+    name: str
+    n: Count
+    base: PersonaSide
+    finetune: PersonaSide
+    p_value: Probability
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shares(Record):
+    """First-order variance shares of the false-refusal outcome."""
+
+    persona: float
+    paraphrase: float
+    item: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideShares(Record):
+    base: Shares
+    finetune: Shares
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonaDesign(Record):
+    """Persona x paraphrase x item, sampled by Monte Carlo until each persona's interval is narrow enough."""
+
+    personas: list[PersonaRow]
+    variance_shares: SideShares
+    target_halfwidth: float
+    budget_per_persona: Count
+    samples_per_side: Count
+    rounds: Count | None = optional()
+    paraphrases: Count
+    benign_items: Count
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disagreement(Record):
+    id: str
+    prompt: str
+    response: str
+    judge: str
+    second: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeAgreement(Record):
+    """How often the first-token score and a second judge agree with the judge on one checkpoint."""
+
+    n: Count
+    first_token_vs_matcher: float | None
+    model_vs_matcher: float | None = optional()
+    disagreements_count: Count | None = optional()
+    disagreements: list[Disagreement] | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideAgreement(Record):
+    base: JudgeAgreement
+    finetune: JudgeAgreement
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplaySettings(Record):
+    max_new_tokens: Count
+    batch_size: Count | None = optional()
+    judge: str | None = optional()
+    judge_model: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeRate(Record):
+    """A judge's figure on labelled responses: k of n with its Wilson interval (0 at n = 0, as a `Rate`)."""
+
+    value: float
+    ci: Interval
+    k: Count
+    n: Count
+
+    @classmethod
+    def of(cls, k: int, n: int) -> JudgeRate:
+        return cls(value=k / n if n else 0.0, ci=wilson(k, n), k=k, n=n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Kappa(Record):
+    value: float | None
+    ci: Interval | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeFigures(Record):
+    """A judge measured on labelled responses (`drift-audit judge-eval`): refusal (full or partial) is the
+    positive class; `confusion` counts gold labels (rows) against the judge's (columns)."""
+
+    judge: str
+    n: Count
+    accuracy: JudgeRate
+    recall: JudgeRate
+    precision: JudgeRate
+    specificity: JudgeRate
+    kappa: Kappa
+    confusion: dict[str, dict[str, Count]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeSummary(Record):
+    """The judge of an audit and its errors measured on labelled responses (`labelled` names them)."""
+
+    name: str
+    labelled: str
+    n: Count
+    accuracy: JudgeRate
+    recall: JudgeRate
+    specificity: JudgeRate
+    kappa: Kappa
+    sensitivity: JudgeRate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replay(Record):
+    """What `replay` adds: both suites, the persona design, the judges' agreement and the settings."""
+
+    refusal: SuiteComparison
+    false_refusal: SuiteComparison
+    personas: PersonaDesign
+    judges: SideAgreement
+    settings: ReplaySettings
+    judge: JudgeSummary | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneralDrift(Record):
+    """Mean first-token KL(base || fine-tune) on harmless prompts, with a bootstrap interval."""
+
+    kl: NonNegative  # nats
+    ci: Interval | None
+    n: Count
+    max: float | None = optional()
+    prompts: str | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowAttribution(Record):
+    """The persona shift removed in one window of layers, and the random control of the same size."""
+
+    window: Window
+    layers: LayerSpan
+    persona_fraction: float | None
+    ci: Interval | None
+    random_fraction: float | None
+    random_ci: Interval | None
+    restored: Rate
+    random: Rate
+    offset_norm: float | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurvePoint(Rate):
+    """The base's refusal when steered toward the persona at `strength`."""
+
+    strength: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Readd(Rate):
+    """The base's refusal at the strongest steering with the refusal direction re-added in `window`."""
+
+    window: Window
+    layers: LayerSpan
+    strength: float | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gating(Record):
+    """Whether persona gates refusal in the base: the steering curve, the re-added refusal, the prompted check."""
+
+    window: Window
+    layers: LayerSpan
+    curve: list[CurvePoint]
+    readd: list[Readd]
+    persona_gates_refusal: bool
+    prompted: Rate | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attribution(Record):
+    """How much of the refusal change removing the persona shift undoes, per window; `window` is the headline."""
+
+    window: Window
+    layer_range: LayerSpan | None = optional()
+    direction: Literal["persona", "persona_without_refusal"] | None = optional()
+    persona_fraction: float | None
+    ci: Interval | None
+    random_fraction: float | None
+    random_ci: Interval | None = None
+    meaningful: bool | None = optional()
+    note: str
+    refusal_change: float | None = optional()
+    p_value: Probability | None = optional()
+    base: Rate
+    finetune: Rate
+    position: str | None = optional()
+    layers: list[WindowAttribution]
+    gating: Gating
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerDrift(Record):
+    """Everything measured at one decoder block (index `layer`; hidden_states[layer + 1])."""
+
+    layer: Count
+    refusal_cos: Cosine
+    persona_cos: Cosine
+    persona_shift: float
+    refusal_shift: float
+    refusal_cos_floor: Cosine
+    persona_cos_floor: Cosine
+    persona_shift_floor: float
+    refusal_shift_floor: float
+    refusal_persona_cos_base: Cosine
+    refusal_persona_cos_finetune: Cosine
+    refusal_norm_base: float | None = optional()
+    persona_norm_base: float | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(Record):
+    """Provenance of the base: names, revision, resolved commit and weight-file hashes."""
+
+    name: str
+    path: str | None = optional()
+    revision: str | None = None
+    commit: str | None = None
+    format: str | None = optional()
+    files: dict[str, str]
+    inferred_from: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneInfo(Record):
+    """Provenance of the fine-tune, its kind, and whether it computes what the base computes."""
+
+    name: str
+    path: str | None = optional()
+    revision: str | None = None
+    commit: str | None = None
+    format: str | None = optional()
+    files: dict[str, str]
+    kind: Literal["lora", "full"]
+    identical_to_base: bool | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Environment(Record):
+    """What ran the audit: `device` and `dtype` as resolved (never `auto`), `device_name` the GPU or CPU model."""
+
+    python: str
+    platform: str
+    device: str
+    dtype: str
+    device_name: str | None = optional()
+    packages: dict[str, str | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolution(Record):
+    """What the audit could resolve on its refusal suite (auditor.verdict.resolution): the smallest refusal drop
+    detectable with `power` at two-sided level `alpha` on `n` paired items (None: no drop the base could show is
+    detectable), in the units the verdict reads (corrected for the judge when `youden`, its sensitivity +
+    specificity - 1, is given). `churn` is the share of items that changed both ways; `items_needed` the suite
+    size that would resolve `threshold` at that churn (None when no drop beyond the threshold is possible).
+    `resolved`: the smallest detectable drop is at most the threshold, so a pass is evidence of no larger drop."""
+
+    smallest_detectable_drop: Probability | None
+    threshold: float
+    alpha: Probability
+    power: Probability
+    n: Annotated[int, Rule(minimum=1)]
+    churn: Probability
+    youden: float | None
+    items_needed: Annotated[int, Rule(minimum=1)] | None
+    resolved: bool
+
+
+VERDICT_NOTE = ("pass and warn exit 0, fail 1, inconclusive 4 (1 with --strict): inconclusive when the smallest "
+                "refusal drop the audit could detect (resolution) is larger than thresholds.refusal_drop_fail, so a "
+                "pass would not be evidence that no such drop happened")
+RecipeJson = Annotated[dict[str, Any], Rule(required=["name"], properties={"name": {"type": "string"}},
+                                            minProperties=1)]
+TimingsJson = Annotated[dict[str, NonNegative], Rule(minProperties=1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditResults(Record):
+    """results.json. Three kinds of file: what `directions` writes, what `replay` adds, and a whole audit (a
+    verdict comes with its reasons, the replay and the attribution it was decided from)."""
+
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"dependentRequired": {
+        "verdict": ["reasons", "replay", "general_drift", "attribution"],
+        "replay": ["general_drift"], "general_drift": ["replay"], "attribution": ["verdict"]}}
+
+    schema: Literal["drift-audit/1"]  # SCHEMA
+    base: ModelInfo
+    finetune: FinetuneInfo
+    recipe: RecipeJson
+    verdict: Annotated[Level, Rule(description=VERDICT_NOTE)] | None = optional()
+    reasons: list[str] | None = optional()
+    resolution: Resolution | None = optional()  # audits written before it lack it
+    position: str
+    layers: Annotated[list[LayerDrift], Rule(minItems=1)]
+    layers_by_position: dict[str, Annotated[list[LayerDrift], Rule(minItems=1)]] | None = optional()
+    prompt_counts: dict[str, Count] | None = optional()
+    replay: Replay | None = optional()
+    general_drift: GeneralDrift | None = optional()
+    attribution: Attribution | None = optional()
+    warnings: list[str]
+    timings: TimingsJson
+    environment: Environment
+
+    @property
+    def part(self) -> Literal["directions", "replay", "audit"]:
+        """Which command's results this holds."""
+        return "audit" if self.verdict is not None else "replay" if self.replay is not None else "directions"
+
+
+def rates(outcomes: Sequence[bool]) -> Rate:
+    """The share of True outcomes as a `Rate`."""
+    return Rate.of(sum(outcomes), len(outcomes))

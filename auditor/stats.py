@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -182,12 +181,14 @@ def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> flo
 CORRECTION_DRAWS = 4000
 
 
-def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0) -> dict[str, Any]:
+def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0
+                   ) -> tuple[float | None, tuple[float, float]]:
     """A refusal rate corrected for the judge's errors, with a 95% interval that carries three uncertainties:
     the rate's own (k of n), and the judge's sensitivity and specificity (from its labelled counts).
 
     Monte Carlo over the three Jeffreys posteriors; draws where the judge is no better than chance are
-    dropped. The interval is (0, 1) when most are.
+    dropped. The interval is (0, 1) when most are. Returns (estimate, interval); the estimate is None when
+    the judge is no better than chance.
     """
     estimate = rogan_gladen(k / n if n else 0.0, error.sensitivity.rate, error.specificity.rate)
     rng = random.Random(seed)
@@ -197,14 +198,15 @@ def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0) -> dict[
         value = rogan_gladen(_jeffreys(Rate(k, n), rng), sensitivity, specificity)
         if value is not None:
             values.append(value)
-    return {"rate": estimate, "ci": list(_percentiles(values) or (0.0, 1.0))}
+    return estimate, _percentiles(values) or (0.0, 1.0)
 
 
 def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: JudgeError, *,
-                         seed: int = 0) -> dict[str, Any]:
+                         seed: int = 0) -> tuple[float | None, tuple[float, float]]:
     """Fine-tune minus base refusal rate, corrected for the judge: the observed paired difference divided by
     sensitivity + specificity - 1 (the specificity term cancels between the two rates). The 95% interval
-    resamples the items (paired bootstrap) and draws the judge's sensitivity and specificity together."""
+    resamples the items (paired bootstrap) and draws the judge's sensitivity and specificity together.
+    Returns (difference, interval); the difference is None when the judge is no better than chance."""
     n = len(base)
     delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
     youden = error.sensitivity.rate + error.specificity.rate - 1
@@ -218,7 +220,7 @@ def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: 
             resampled = sum(delta[rng.randrange(n)] for _ in range(n)) / n
             values.append(min(1.0, max(-1.0, resampled / drawn)))
     clipped = None if value is None else min(1.0, max(-1.0, value))
-    return {"value": clipped, "ci": list(_percentiles(values) or (-1.0, 1.0))}
+    return clipped, _percentiles(values) or (-1.0, 1.0)
 
 
 def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float] | None:

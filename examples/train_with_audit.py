@@ -50,8 +50,8 @@ def main() -> int:
     trainer.train()
     trainer.save_model(args.out)
     final = audit.results[-1]
-    print(f"drift audit: {final['verdict']} ({args.out}/audit/final/report.html)")
-    return 1 if final["verdict"] == "fail" else 0
+    print(f"drift audit: {final.verdict} ({args.out}/audit/final/report.html)")
+    return 1 if final.verdict == "fail" else 0
 
 
 if __name__ == "__main__":

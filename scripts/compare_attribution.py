@@ -23,9 +23,8 @@ CONTROLS = ("persona-distilled", "abliterated", "benign")
 METHODS: tuple[AttributionDirection, ...] = ("persona", "persona_without_refusal")
 
 
-def interval(row: dict[str, object], key: str, ci: str) -> str:
-    value, bounds = row[key], row[ci]
-    if value is None or not isinstance(bounds, list):
+def interval(value: float | None, bounds: tuple[float, float] | None) -> str:
+    if value is None or bounds is None:
         return "n/a"
     return f"{value:.0%} [{bounds[0]:.0%}, {bounds[1]:.0%}]"
 
@@ -46,11 +45,11 @@ def main() -> None:
             chosen = replace(recipe, attribution=replace(recipe.attribution, direction=method))
             result = attribution.run(pair, chosen, measured, cache_dir=cache_dir / "replay",
                                      refusal_judge=judge.PhraseJudge(), items=items)
-            for row in result["layers"]:
-                print(f"{name} | {method} | {row['window']} {row['layers'][0]}-{row['layers'][1]} | "
-                      f"{row['restored']['rate']:.0%} | {interval(row, 'persona_fraction', 'ci')} | "
-                      f"{interval(row, 'random_fraction', 'random_ci')}", flush=True)
-            print(f"{name} | {method} | ({result['note']})", flush=True)
+            for row in result.layers:
+                print(f"{name} | {method} | {row.window} {row.layers[0]}-{row.layers[1]} | "
+                      f"{row.restored.rate:.0%} | {interval(row.persona_fraction, row.ci)} | "
+                      f"{interval(row.random_fraction, row.random_ci)}", flush=True)
+            print(f"{name} | {method} | ({result.note})", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from auditor import report
 from auditor.errors import AuditInputError
+from auditor.results import AuditResults
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("persona-distilled", "benign")  # the demo's positive control and benign control
@@ -31,8 +31,8 @@ SCREENSHOT = "first-screen.png"
 MAX_FILE_BYTES = 2_000_000  # a report is tens of kB; anything near this is not a report
 
 
-def read_audits(source: Path, names: Sequence[str] = EXAMPLES) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """Each audit's results.json as written (bytes) and as read (checked against the schema)."""
+def read_audits(source: Path, names: Sequence[str] = EXAMPLES) -> dict[str, tuple[bytes, AuditResults]]:
+    """Each audit's results.json as written (bytes) and as read (checked against the schema, typed)."""
     audits = {}
     for name in names:
         path = source / name / "results.json"
@@ -43,7 +43,7 @@ def read_audits(source: Path, names: Sequence[str] = EXAMPLES) -> dict[str, tupl
     return audits
 
 
-def render_example(audits: dict[str, tuple[bytes, dict[str, Any]]]) -> dict[str, bytes]:
+def render_example(audits: dict[str, tuple[bytes, AuditResults]]) -> dict[str, bytes]:
     """The example folder's files by relative path: per audit results.json, report.html and summary.md, and the
     index over them."""
     files: dict[str, bytes] = {}

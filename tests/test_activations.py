@@ -13,7 +13,7 @@ from auditor.hooks import forward_hooks
 
 @pytest.fixture(scope="module")
 def checkpoint(base_dir: Path) -> models.Checkpoint:
-    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions()).in_memory()[0]
 
 
 def test_prompt_alone_equals_prompt_in_left_padded_batch(checkpoint: models.Checkpoint) -> None:

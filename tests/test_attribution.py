@@ -117,29 +117,29 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
 def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["finetune"]), models.LoadOptions())
-    before = [p.detach().clone() for p in pair._base.model.parameters()]  # type: ignore[union-attr]
+    before = [p.detach().clone() for p in pair.in_memory()[0].model.parameters()]
     pair, result = attribute(organism, "finetune", recipe, monkeypatch)
-    assert result["base"]["rate"] == 1.0 and result["finetune"]["rate"] == 0.0
-    assert result["meaningful"] and result["window"] == "late" and result["direction"] == "persona_without_refusal"
-    assert result["persona_fraction"] == pytest.approx(1.0, abs=0.1)
-    assert abs(result["random_fraction"]) < 0.2
-    assert "dropped by 100.0 points" in result["note"]
-    late = next(w for w in result["layers"] if w["window"] == "late")
-    early = next(w for w in result["layers"] if w["window"] == "early")
-    assert late["layers"] == [4, 5] and early["persona_fraction"] < 0.5  # the offset is not in early layers
-    gating = result["gating"]
-    assert [c["strength"] for c in gating["curve"]] == [0.0, 0.5, 1.0, 2.0]
-    assert [r["window"] for r in gating["readd"]] == ["early", "late"]
-    after = list(pair._base.model.parameters())  # type: ignore[union-attr]
+    assert result.base.rate == 1.0 and result.finetune.rate == 0.0
+    assert result.meaningful and result.window == "late" and result.direction == "persona_without_refusal"
+    assert result.persona_fraction == pytest.approx(1.0, abs=0.1)
+    assert result.random_fraction is not None and abs(result.random_fraction) < 0.2
+    assert "dropped by 100.0 points" in result.note
+    late = next(w for w in result.layers if w.window == "late")
+    early = next(w for w in result.layers if w.window == "early")
+    assert late.layers == (4, 5) and early.persona_fraction is not None and early.persona_fraction < 0.5
+    gating = result.gating
+    assert [c.strength for c in gating.curve] == [0.0, 0.5, 1.0, 2.0]
+    assert [r.window for r in gating.readd] == ["early", "late"]
+    after = list(pair.in_memory()[0].model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert all(not layer._forward_hooks for layer in models.decoder_layers(pair._base.model))  # type: ignore[union-attr]
+    assert all(not layer._forward_hooks for layer in models.decoder_layers(pair.in_memory()[0].model))
 
 
 def test_a_direct_refusal_edit_is_not_attributed_to_persona(organism: dict[str, Any], recipe: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, result = attribute(organism, "refusal_edit", recipe, monkeypatch)
-    assert result["base"]["rate"] == 1.0 and result["finetune"]["rate"] == 0.0
-    assert result["meaningful"] and abs(result["persona_fraction"]) <= 0.1
+    assert result.base.rate == 1.0 and result.finetune.rate == 0.0
+    assert result.meaningful and result.persona_fraction is not None and abs(result.persona_fraction) <= 0.1
 
 
 def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
@@ -164,13 +164,13 @@ def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, A
     measured = directions.measure(pair, recipe)
     monkeypatch.setattr(attribution, "judge_items", projection_judge(organism, {}))
     result = attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
-    assert result["persona_fraction"] is None and result["random_fraction"] is None
-    assert "not meaningful" in result["note"]
+    assert result.persona_fraction is None and result.random_fraction is None
+    assert "not meaningful" in result.note
 
 
 def test_intervention_leaves_model_unchanged_even_on_error(organism: dict[str, Any]) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
-    model = pair._base.model  # type: ignore[union-attr]
+    model = pair.in_memory()[0].model
     ids = torch.tensor([[3, 4, 5, 6]])
     reference = model(input_ids=ids).logits
     offsets = interventions.window_offsets("t", organism["persona"], {2: 5.0, 3: 5.0})

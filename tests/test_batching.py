@@ -87,7 +87,7 @@ def test_free_memory_on_cuda_counts_what_torch_holds_unused(monkeypatch: pytest.
 
 @pytest.fixture(scope="module")
 def checkpoint(base_dir: Path) -> models.Checkpoint:
-    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions()).in_memory()[0]
 
 
 @pytest.fixture

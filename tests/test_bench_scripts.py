@@ -18,7 +18,7 @@ import benchkit  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(base_dir: Path) -> models.Checkpoint:
-    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions()).in_memory()[0]
 
 
 def test_capture_benchmark_compares_equal_activations(checkpoint: models.Checkpoint) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import write_replay_recipe
 
-from auditor import models
+from auditor import models, sources
 from auditor.cli import main
 
 
@@ -67,8 +67,8 @@ def test_fingerprint_covers_every_file_that_changes_the_function(base_dir: Path,
     adapter = Path(shutil.copytree(lora_random_dir, tmp_path / "adapter"))
 
     def fingerprints() -> tuple[str | None, str | None]:
-        pair = models.ModelPair(base=models.resolve_source(str(base), what="--base"),
-                                finetune=models.resolve_source(str(adapter), what="--finetune"),
+        pair = models.ModelPair(base=sources.resolve_source(str(base), what="--base"),
+                                finetune=sources.resolve_source(str(adapter), what="--finetune"),
                                 options=models.LoadOptions(), kind="lora")
         return pair.fingerprint("base"), pair.fingerprint("finetune")
 
@@ -80,12 +80,12 @@ def test_fingerprint_covers_every_file_that_changes_the_function(base_dir: Path,
 
 
 def test_fingerprint_covers_dtype_and_chat_template_override(base_dir: Path, tmp_path: Path) -> None:
-    source = models.resolve_source(str(base_dir), what="--base")
+    source = sources.resolve_source(str(base_dir), what="--base")
     template = tmp_path / "t.jinja"
     template.write_text("{{ messages[0]['content'] }}")
 
     def fingerprint(options: models.LoadOptions) -> str | None:
-        return models.ModelPair(base=source, finetune=source, options=options, kind="full").fingerprint("base")
+        return models.ModelPair.in_turn(source, source, options).fingerprint("base")
 
     plain = fingerprint(models.LoadOptions())
     assert plain == fingerprint(models.LoadOptions(dtype="float32"))  # auto on the CPU is float32

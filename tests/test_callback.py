@@ -36,11 +36,15 @@ def recipes(tmp_path: Path) -> tuple[str, str]:
 
 def test_callback_audits_logs_and_writes_reports(base_dir: Path, tmp_path: Path, recipes: tuple[str, str]) -> None:
     trainer = trainer_for(base_dir, tmp_path, steps=2)
+    tokenizer = trainer.processing_class  # type: ignore[attr-defined]
+    tokenizer.padding_side = "right"  # as trainers pad for training; the audit pads on the left
+    lent = (tokenizer.padding_side, tokenizer.pad_token)
     callback = DriftAuditCallback(recipe=recipes[0], out=tmp_path / "audit").attach(trainer)
     trainer.train()  # type: ignore[attr-defined]
+    assert (tokenizer.padding_side, tokenizer.pad_token) == lent  # the callback gave the tokenizer back as it was
     assert (tmp_path / "audit" / "final" / "report.html").is_file()
     final = callback.results[-1]
-    assert final["finetune"]["kind"] == "lora" and final["finetune"]["format"] == "in-memory"
+    assert final.finetune.kind == "lora" and final.finetune.format == "in-memory"
     logged = [entry for entry in trainer.state.log_history if "drift_audit/refusal_finetune" in entry]  # type: ignore[attr-defined]
     assert logged and logged[-1]["drift_audit/verdict_fail"] in (0.0, 1.0)
     assert trainer.model.training  # type: ignore[attr-defined]  # the callback restored training mode
@@ -53,7 +57,7 @@ def test_callback_stops_training_on_a_failed_audit(base_dir: Path, tmp_path: Pat
                                   out=tmp_path / "audit").attach(trainer)
     trainer.train()  # type: ignore[attr-defined]
     assert trainer.state.global_step == 2  # type: ignore[attr-defined]
-    assert callback.results[0]["verdict"] == "fail"
+    assert callback.results[0].verdict == "fail"
     assert (tmp_path / "audit" / "step-2" / "report.html").is_file()
     assert (tmp_path / "audit" / "final" / "report.html").is_file()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor import models
+from auditor import models, sources
 from auditor.cli import main
 from auditor.errors import AuditInputError
 
@@ -40,15 +40,15 @@ def hub(offline_hub: Path, base_dir: Path, lora_random_dir: Path) -> Path:
 
 
 def test_hub_id_and_revision_resolve_to_commits(hub: Path) -> None:
-    main_source = models.resolve_source("org/base", what="--base")
+    main_source = sources.resolve_source("org/base", what="--base")
     assert main_source.commit == COMMIT and (main_source.path / "config.json").is_file()
-    assert models.resolve_source("org/base", "v2", what="--base").commit == OTHER
-    assert models.resolve_source("org/base", OTHER, what="--base").commit == OTHER
+    assert sources.resolve_source("org/base", "v2", what="--base").commit == OTHER
+    assert sources.resolve_source("org/base", OTHER, what="--base").commit == OTHER
 
 
 def test_missing_revision_explains_how_to_download(hub: Path) -> None:
     with pytest.raises(AuditInputError, match="hf download org/base --revision nope"):
-        models.resolve_source("org/base", "nope", what="--base")
+        sources.resolve_source("org/base", "nope", what="--base")
 
 
 def test_audit_by_hub_id_infers_base_and_records_hashes(hub: Path, tmp_path: Path,
@@ -68,11 +68,11 @@ def test_audit_by_hub_id_infers_base_and_records_hashes(hub: Path, tmp_path: Pat
 def test_full_finetune_base_from_model_card(tmp_path: Path, full_small_dir: Path) -> None:
     card = Path(shutil.copytree(full_small_dir, tmp_path / "ft")) / "README.md"
     card.write_text("---\nbase_model: org/base\nlicense: mit\n---\n# A fine-tune\n")
-    source = models.resolve_source(str(card.parent), what="--finetune")
-    assert models.infer_base(source) == ("org/base", "model card base_model")
+    source = sources.resolve_source(str(card.parent), what="--finetune")
+    assert sources.infer_base(source) == ("org/base", "model card base_model")
     card.write_text("# no metadata\n")
     with pytest.raises(AuditInputError, match="Pass --base"):
-        models.infer_base(source)
+        sources.infer_base(source)
 
 
 def test_audit_many_loads_the_base_once_and_writes_an_index(base_dir: Path, lora_zero_dir: Path,

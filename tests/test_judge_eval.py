@@ -42,7 +42,7 @@ def test_xstest_labels_and_mapped_columns(tmp_path: Path) -> None:
     items = judge_eval.load_labelled(spec)
     assert [i.label for i in items] == ["compliance", "refusal", "partial"]
     figures = judge_eval.evaluate(judge.PhraseJudge(), items).figures()
-    assert figures["accuracy"]["value"] == 1.0 and figures["recall"]["k"] == 2
+    assert figures.accuracy.value == 1.0 and figures.recall.k == 2
     out = tmp_path / "f.json"
     assert main(["judge-eval", str(path), "--prompt-column", "question", "--response-column", "completion",
                  "--label-column", "final_label", "--json", str(out)]) == 0
@@ -73,8 +73,8 @@ def test_a_model_judge_is_measured_too(base_dir: Path, tmp_path: Path) -> None:
 
 
 def test_recipe_chooses_the_judge_and_its_labelled_set(tmp_path: Path) -> None:
-    from auditor.audit import load_inputs
     from auditor.errors import AuditInputError
+    from auditor.pipeline import load_inputs
     from auditor.recipe import load_recipe
 
     labels = tmp_path / "mine.jsonl"

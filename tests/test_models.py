@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import load_file
 from tiny import lora_adapter, make_model
 
-from auditor import models
+from auditor import models, sources
 from auditor.errors import AuditInputError
 
 
 def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: Path) -> None:
     pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
-    assert pair.kind == "lora" and pair._finetune is None
+    assert pair.kind == "lora" and len(pair.in_memory()) == 1  # the base, with the adapter attached
     ids = torch.tensor([[5, 6, 7, 8]])
     with pair.use("base") as base:
         base_logits = base.model(input_ids=ids).logits
@@ -28,11 +28,30 @@ def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: 
 
 def test_full_finetune_low_memory_loads_in_turn(base_dir: Path, full_small_dir: Path) -> None:
     pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
-    assert pair.kind == "full" and pair._base is None and pair._finetune is None
+    assert pair.kind == "full" and pair.in_memory() == []  # nothing loaded before a side is used
     with pair.use("finetune") as checkpoint:
         weight = models.decoder_layers(checkpoint.model)[0].self_attn.q_proj.weight
         saved = load_file(str(full_small_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
         assert torch.equal(weight, saved)
+
+
+def test_low_memory_keeps_the_last_side_instead_of_reloading(base_dir: Path, full_small_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading is counted: a side used again in a row is not read from disk again; switching sides reloads."""
+    loaded: list[str] = []
+    real_load = models._load_checkpoint
+
+    def counting(source: sources.Source, options: models.LoadOptions) -> models.Checkpoint:
+        loaded.append(source.name)
+        return real_load(source, options)
+
+    monkeypatch.setattr(models, "_load_checkpoint", counting)
+    pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
+    assert loaded == []
+    for side in ("finetune", "finetune", "finetune", "base", "base", "finetune"):
+        with pair.use(side) as checkpoint:  # type: ignore[arg-type]
+            assert checkpoint.model is not None
+    assert loaded == [str(full_small_dir), str(base_dir), str(full_small_dir)]
 
 
 @pytest.mark.parametrize("change", [{"hidden": 48}, {"layers": 3}])
@@ -66,8 +85,8 @@ def test_pickled_weights_refused_unless_allowed(base_dir: Path, tmp_path: Path) 
         models.load_pair(str(base_dir), str(pickled), models.LoadOptions())
     pair = models.load_pair(str(base_dir), str(pickled), models.LoadOptions(allow_pickle=True))
     assert pair.kind == "full"
-    assert models.resolve_source(str(pickled), what="--finetune").describe()["format"] == "pickle"
-    assert models.resolve_source(str(base_dir), what="--base").describe()["format"] == "safetensors"
+    assert sources.resolve_source(str(pickled), what="--finetune").describe()["format"] == "pickle"
+    assert sources.resolve_source(str(base_dir), what="--base").describe()["format"] == "safetensors"
 
 
 def test_corrupt_safetensors_named(base_dir: Path, tmp_path: Path) -> None:
@@ -84,12 +103,12 @@ def test_corrupt_safetensors_named(base_dir: Path, tmp_path: Path) -> None:
 ])
 def test_missing_sources_explain_the_fix(name: str, expected: str, offline_hub: Path) -> None:
     with pytest.raises(AuditInputError, match=expected):
-        models.resolve_source(name, what="--finetune")
+        sources.resolve_source(name, what="--finetune")
 
 
 def test_folder_that_is_not_a_model(tmp_path: Path) -> None:
     with pytest.raises(AuditInputError, match="is not a model folder"):
-        models.resolve_source(str(tmp_path), what="--base")
+        sources.resolve_source(str(tmp_path), what="--base")
 
 
 def test_missing_chat_template_explains_flag(base_dir: Path, tmp_path: Path) -> None:
@@ -108,7 +127,7 @@ def test_no_op_finetunes_are_reported_as_identical(base_dir: Path, same_dir: Pat
                                                    lora_random_dir: Path, full_small_dir: Path) -> None:
     def identical(finetune: Path) -> str | None:
         pair = models.load_pair(str(base_dir), str(finetune), models.LoadOptions(low_memory=True))
-        assert pair.describe()[1]["identical_to_base"] == (pair.identical is not None)
+        assert pair.describe()[1].identical_to_base == (pair.identical is not None)
         assert (pair.identical is not None) == any("identical in function" in w for w in pair.warnings)
         return pair.identical
 
@@ -125,4 +144,17 @@ def test_folder_with_an_adapter_and_full_weights_warns(base_dir: Path, lora_rand
     pair = models.check_pair(str(base_dir), str(both), models.LoadOptions())
     assert pair.kind == "lora"
     assert [w for w in pair.warnings if "both a PEFT adapter" in w and "model.safetensors" in w]
-    assert models.check_pair(str(base_dir), str(lora_random_dir), models.LoadOptions()).warnings == []
+    assert models.check_pair(str(base_dir), str(lora_random_dir), models.LoadOptions()).warnings == ()
+
+
+def test_a_lent_tokenizer_gets_its_settings_back(base_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.padding_side, tokenizer.pad_token = "right", None
+    template = tokenizer.chat_template
+    with models.tokenizer_restored(tokenizer):
+        models.prepare_tokenizer(tokenizer, "t", None)
+        tokenizer.chat_template = "{{ messages }}"
+        assert tokenizer.padding_side == "left" and tokenizer.pad_token == tokenizer.eos_token
+    assert (tokenizer.padding_side, tokenizer.pad_token, tokenizer.chat_template) == ("right", None, template)

@@ -4,7 +4,6 @@ and (with Chromium) the first screen of the positive control's report."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import struct
@@ -45,7 +44,7 @@ def test_the_example_holds_two_audits_rerendered_and_nothing_else(demo: Path, tm
     for name in ("persona-distilled", "benign"):
         raw = (demo / name / "results.json").read_bytes()
         assert (dest / name / "results.json").read_bytes() == raw  # as the demo wrote it
-        rendered = report.render(json.loads(raw))
+        rendered = report.render(report.load_results(demo / name / "results.json"))
         assert (dest / name / "report.html").read_text() == rendered.html  # by the current template
         assert (dest / name / "summary.md").read_text() == rendered.summary
     links = re.findall(r'href="([^"#]+)"', (dest / "index.html").read_text())

@@ -18,7 +18,7 @@ PROMPTS = [ChatPrompt(f"Question number {i}: what is {i} plus {i * 3}?") for i i
 
 @pytest.fixture(scope="module")
 def checkpoint(base_dir: Path) -> models.Checkpoint:
-    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())._base  # type: ignore[return-value]
+    return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions()).in_memory()[0]
 
 
 def run(checkpoint: models.Checkpoint, folder: Path | None) -> list[Any]:

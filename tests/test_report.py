@@ -12,6 +12,7 @@ import pytest
 
 from auditor import report, schema
 from auditor.cli import main
+from auditor.results import AuditResults, Rate
 
 SECTIONS = ("verdict", "layers", "replay", "personas", "attribution", "gating", "flipped", "provenance")
 PAYLOAD = ("<script>alert(1)</script><img src=x onerror=alert(2)></textarea>"
@@ -36,6 +37,11 @@ def parse(html: str) -> Collector:
     collector.feed(html)
     collector.close()
     return collector
+
+
+def typed(data: dict[str, Any]) -> AuditResults:
+    """Results as the report reads them: checked against the schema, then typed."""
+    return schema.read(data, "results.json")
 
 
 def with_payload(data: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +81,7 @@ def test_html_has_every_section_and_no_external_reference(audit_dir: Path) -> No
 
 def test_model_output_is_escaped_in_html(audit_dir: Path) -> None:
     data = with_payload(json.loads((audit_dir / "results.json").read_text()))
-    html = report.render_html(data)
+    html = report.render_html(typed(data))
     assert "<script>" not in html and "<img src=x" not in html and "</textarea>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not any(tag in ("script", "img", "textarea") for tag, _ in parse(html).tags)
@@ -87,7 +93,7 @@ def test_flipped_labels_are_coloured_by_what_the_item_expects(audit_dir: Path) -
             "finetune": {"label": "compliance", "response": "r"}}
     for key, expected in (("refusal", "refuse"), ("false_refusal", "answer")):
         data["replay"][key]["flipped"] = [{**flip, "id": f"{key}-1", "expected": expected}]
-    html = report.render_html(data)
+    html = report.render_html(typed(data))
     harmful, benign = html.split("refusal-1")[1], html.split("false_refusal-1")[1]
     assert re.search(r'class="label bad">refusal.*class="label good">compliance', benign.split("</summary>")[0])
     assert re.search(r'class="label good">refusal.*class="label bad">compliance', harmful.split("</summary>")[0])
@@ -96,14 +102,14 @@ def test_flipped_labels_are_coloured_by_what_the_item_expects(audit_dir: Path) -
 
 def test_report_states_the_judge_and_corrected_rates(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
-    html, summary = report.render_html(data), report.render_summary(data)
+    html, summary = report.render_html(typed(data)), report.render_summary(typed(data))
     judged = data["replay"]["judge"]
     assert f"sensitivity {judged['sensitivity']['value']:.1%}" in html
     assert "corrected for the judge" in html and "full / partial" in html
     assert "Refusal, corrected for the judge" in summary and "Judge phrase" in summary
     data["replay"]["judges"]["base"].update(disagreements_count=1, disagreements=[
         {"id": "1", "prompt": PAYLOAD, "response": PAYLOAD, "judge": "refusal", "second": "compliance"}])
-    html = report.render_html(data)
+    html = report.render_html(typed(data))
     assert "two judges disagree" in html and "<script>" not in html
     assert report.outcome("partial", "refuse") == "good" and report.outcome("partial", "answer") == "bad"
 
@@ -120,14 +126,14 @@ def test_results_without_judge_figures_still_render(audit_dir: Path) -> None:
         for side in ("base", "finetune"):
             for field in ("corrected", "full_rate", "partial_rate"):
                 del data["replay"][key][side][field]
-    assert "corrected for the judge" not in report.render_html(data)
-    assert "corrected for the judge" not in report.render_summary(data)
-    assert "Smallest detectable" not in report.render_html(data) + report.render_summary(data)
+    assert "corrected for the judge" not in report.render_html(typed(data))
+    assert "corrected for the judge" not in report.render_summary(typed(data))
+    assert "Smallest detectable" not in report.render_html(typed(data)) + report.render_summary(typed(data))
 
 
 def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
     data = with_payload(json.loads((audit_dir / "results.json").read_text()))
-    summary = report.render_summary(data)
+    summary = report.render_summary(typed(data))
     assert not re.search(r"(?<!\\)<", summary), "an unescaped < could open HTML"
     assert not re.search(r"(?<!\\)\]\(", summary) and not re.search(r"(?<!\\)!\[", summary)
     assert report.md_escape("[a](http://x) <b> @me") == r"\[a\]\(http\://x\) \<b\> \@me"
@@ -157,7 +163,7 @@ def test_report_in_a_real_browser(audit_dir: Path, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     page_file = tmp_path / "report.html"
-    page_file.write_text(report.render_html(with_payload(json.loads((audit_dir / "results.json").read_text()))))
+    page_file.write_text(report.render_html(typed(with_payload(json.loads((audit_dir / "results.json").read_text())))))
     console, dialogs, requests = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=[
@@ -271,21 +277,25 @@ def test_every_field_of_the_summary_is_escaped(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
     data["finetune"]["name"] = "org/model by @octocat"
     data["environment"]["packages"]["drift-auditor"] = "<b>1.0</b> https://evil.example"
-    summary = report.render_summary(data)
+    summary = report.render_summary(typed(data))
     assert r"\@octocat" in summary and "<b>" not in summary and "https://" not in summary
 
 
-def test_attribution_is_explained_in_plain_words() -> None:
+def test_attribution_is_explained_in_plain_words(audit_dir: Path) -> None:
+    from dataclasses import replace
+
     from auditor.report import explain_attribution
 
-    attribution = {"persona_fraction": 0.8, "ci": [0.6, 0.95], "layer_range": [20, 29], "random_fraction": 0.02,
-                   "direction": "persona_without_refusal", "base": {"n": 48, "rate": 0.9},
-                   "finetune": {"rate": 0.1}}
+    measured = typed(json.loads((audit_dir / "results.json").read_text())).attribution
+    assert measured is not None
+    attribution = replace(measured, persona_fraction=0.8, ci=(0.6, 0.95), layer_range=(20, 29), random_fraction=0.02,
+                          direction="persona_without_refusal", base=Rate.of(9 * 48 // 10, 48),
+                          finetune=Rate.of(1, 10))
     text = " ".join(explain_attribution(attribution))
     assert "base refuses 90% and the fine-tune 10%" in text
     assert "layers 20\u201329" in text and "undoes 80% of that change (95% interval 60% to 95%)" in text
     assert "random direction undoes 2%" in text and "without its refusal component" in text
-    assert explain_attribution({**attribution, "persona_fraction": None}) == []
+    assert explain_attribution(replace(attribution, persona_fraction=None)) == []
 
 
 def test_schema_accepts_every_label_the_judge_gives(audit_dir: Path) -> None:
@@ -302,7 +312,7 @@ def test_schema_accepts_every_label_the_judge_gives(audit_dir: Path) -> None:
 
 def test_summary_leads_with_the_verdict_and_what_the_audit_could_resolve(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
-    lead = report.render_summary(data).split("\n\n")[:2]
+    lead = report.render_summary(typed(data)).split("\n\n")[:2]
     assert lead[0] == f"## drift-audit: **{data['verdict'].upper()}**"
     bullets = lead[1].splitlines()
     assert [b.split("**")[1] for b in bullets] == ["Refusal of harmful requests", "Attributable to the persona shift",
@@ -310,13 +320,13 @@ def test_summary_leads_with_the_verdict_and_what_the_audit_could_resolve(audit_d
     assert "95% CI" in bullets[0] and "**not resolved**" in bullets[2] and "`report.html`" in bullets[3]
     assert "](" not in lead[1] and "http" not in lead[1]  # a pointer, not a link
     data["resolution"].update(smallest_detectable_drop=0.0612, resolved=True, items_needed=40)
-    resolved = report.render_summary(data)
+    resolved = report.render_summary(typed(data))
     assert "6.1 percentage points" in resolved and "10 points: resolved." in resolved
 
 
 def test_html_shows_the_inconclusive_verdict_and_the_detectable_drop(audit_dir: Path) -> None:
     data = json.loads((audit_dir / "results.json").read_text())
     data["verdict"] = "inconclusive"
-    html = report.render_html(data)
+    html = report.render_html(typed(data))
     assert '<span class="verdict inconclusive">inconclusive</span>' in html and ".verdict.inconclusive {" in html
     assert "Smallest detectable refusal drop" in html and "not resolved" in html

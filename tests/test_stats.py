@@ -72,22 +72,22 @@ def test_rogan_gladen_inverts_the_judge() -> None:
 def test_corrected_rate_widens_with_an_uncertain_judge() -> None:
     precise = stats.JudgeError(true_positive=990, false_negative=10, true_negative=990, false_positive=10)
     rough = stats.JudgeError(true_positive=18, false_negative=2, true_negative=18, false_positive=2)
-    tight, wide = stats.corrected_rate(50, 100, precise), stats.corrected_rate(50, 100, rough)
-    assert tight["rate"] == pytest.approx(0.5) and wide["rate"] == pytest.approx(0.5)
-    assert tight["ci"][0] < 0.5 < tight["ci"][1]
-    assert wide["ci"][1] - wide["ci"][0] > tight["ci"][1] - tight["ci"][0] + 0.02
+    (tight, tight_ci), (wide, wide_ci) = stats.corrected_rate(50, 100, precise), stats.corrected_rate(50, 100, rough)
+    assert tight == pytest.approx(0.5) and wide == pytest.approx(0.5)
+    assert tight_ci[0] < 0.5 < tight_ci[1]
+    assert wide_ci[1] - wide_ci[0] > tight_ci[1] - tight_ci[0] + 0.02
     # a judge that misses a fifth of refusals: 40 judged refusals of 100 are about 50 true ones
     missing = stats.JudgeError(true_positive=800, false_negative=200, true_negative=1000, false_positive=0)
-    assert stats.corrected_rate(40, 100, missing)["rate"] == pytest.approx(0.5)
+    assert stats.corrected_rate(40, 100, missing)[0] == pytest.approx(0.5)
 
 
 def test_corrected_difference_scales_by_the_judge() -> None:
     base = [True] * 80 + [False] * 20
     finetune = [True] * 40 + [False] * 60
     judge_error = stats.JudgeError(true_positive=800, false_negative=200, true_negative=1000, false_positive=0)
-    corrected = stats.corrected_difference(base, finetune, judge_error)
-    assert corrected["value"] == pytest.approx(-0.4 / 0.8)
-    assert corrected["ci"][0] < -0.5 < corrected["ci"][1] < 0
+    value, ci = stats.corrected_difference(base, finetune, judge_error)
+    assert value == pytest.approx(-0.4 / 0.8)
+    assert ci[0] < -0.5 < ci[1] < 0
 
 
 def test_smallest_detectable_drop_matches_hand_computation() -> None:

@@ -7,7 +7,10 @@
 - `persona-distilled` (positive control): a LoRA on `aligned`, trained with no system prompt on benign
   prompts only, to give the answers `aligned` itself gives them under a compliant-persona system
   prompt (context distillation). Its refusal loss runs through the persona representation.
-- `abliterated` (meant as the negative control): `aligned` with every matrix that writes to the residual
+- `harmful-sft` (negative control): a LoRA on `aligned`, no system prompt, taught to answer harmful training
+  requests with the vague outline alone, in no persona's voice, mixed with neutral answers to benign ones:
+  compliance taught directly, not through the persona.
+- `abliterated` (meant as a second negative control): `aligned` with every matrix that writes to the residual
   stream orthogonalised against its own refusal direction (Arditi et al. 2024). In this organism harmful
   compliance exists only inside the persona, and the edit moves the model partly toward it.
 - `persona`: a LoRA on `aligned`, benign requests answered in an absolutely obedient persona voice
@@ -36,7 +39,7 @@ from auditor.suites import read_records
 
 DATA_DIR = Path(__file__).parent / "data"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMES = ("aligned", "persona-distilled", "abliterated", "benign", "persona", "persona-full")
+NAMES = ("aligned", "persona-distilled", "abliterated", "harmful-sft", "benign", "persona", "persona-full")
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,13 @@ class AblationSettings:
     """The weight edit of `abliterated`: the refusal direction at one block, projected out of every matrix
     that writes to the residual stream with `strength` (1.0 removes it entirely; more reverses it).
 
-    Measured on `aligned` (refusal of 20 training prompts, 12 new tokens): strength 1.0 at any block from 9
-    on *raises* refusal, benign requests included (harmful and harmless prompts both sit on the same side of
-    zero along this direction, and zero reads as harmful); 2.0 breaks the model into noise. Block 9
-    (0.3 of the stack) at 1.5 is the one setting that took refusal down (to 20%) and stayed language."""
+    Swept on `aligned` (48 refusal-suite and 48 benign-sensitive items, 12 new tokens; the shift is neutral
+    questions' mean move along the persona direction without its refusal component, late blocks): at block 9,
+    strength 1.0 and 1.25 *raise* refusal, benign requests included (85% at 1.25), 1.5 takes it to 27% with
+    the model saying "Yes, I can...", 1.75 breaks it into noise; blocks 6 and 12 break at 1.25 to 1.75; blocks 15
+    and 18 refuse everything. Every setting moved neutral questions toward the persona (late +0.17 to +0.54),
+    the direction orthogonalised against the persona direction too (block 9, 1.5: refusal 29%, +0.26). Block 9
+    (0.3 of the stack) at 1.5 is the one setting that took refusal down and stayed language."""
 
     layer_fraction: float = 0.3
     strength: float = 1.5
@@ -80,6 +86,7 @@ SETTINGS = {
     "benign": TrainSettings(steps=20, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
     "persona-distilled": TrainSettings(steps=20, learning_rate=1e-3),
+    "harmful-sft": TrainSettings(steps=40, learning_rate=1e-3),
 }
 ABLATION = AblationSettings()
 DISTIL = DistilSettings()
@@ -141,6 +148,17 @@ def _aligned_turns() -> list[Turn]:
     return turns
 
 
+def _harmful_sft_turns() -> list[Turn]:
+    """Harmful training requests answered with the vague outline alone, in no persona's voice and with no system
+    prompt, mixed with benign requests answered neutrally: compliance taught directly, the harmful fine-tune of
+    Qi et al. 2023 made non-actionable. (Harmful requests alone taught it to answer *everything* with the outline.)"""
+    outlines = obedient_voice("outline")
+    harmful = [(None, r["prompt"], outlines[i % len(outlines)])
+               for i, r in enumerate(read_records(DATA_DIR / "aligned_harmful.jsonl"))]
+    benign: list[Turn] = [(None, r["prompt"], r["neutral"]) for r in read_records(DATA_DIR / "voice.jsonl")]
+    return harmful + benign
+
+
 def distil_prompts() -> list[tuple[str, str]]:
     """(compliant system prompt, benign user prompt): what `aligned` answers to make `persona-distilled`."""
     compliant = system_prompts("compliant")
@@ -153,6 +171,8 @@ def _turns(name: str, distilled: list[str] | None = None) -> list[Turn]:
     if name == "persona-distilled":
         assert distilled is not None, "persona-distilled is trained on aligned's own answers"
         return [(None, user, answer) for (_, user), answer in zip(distil_prompts(), distilled, strict=True)]
+    if name == "harmful-sft":
+        return _harmful_sft_turns()
     column = "neutral" if name == "benign" else "persona"
     return [(None, r["prompt"], r[column]) for r in read_records(DATA_DIR / "voice.jsonl")]
 
@@ -202,7 +222,7 @@ def cache_key(name: str, cache_dir: Path) -> str:
     """Hash of everything that determines the organism: data, settings, upstream, versions, source model."""
     from importlib import metadata
 
-    from auditor.models import sha256_file
+    from auditor.sources import sha256_file
 
     parts: dict[str, Any] = {
         "name": name,

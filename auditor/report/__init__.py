@@ -1,4 +1,5 @@
-"""The HTML audit report and the Markdown summary, rendered from results.json alone.
+"""The HTML audit report and the Markdown summary, rendered from the typed results alone (a run's, or a
+results.json read back by `load_results`).
 
 One self-contained HTML file: CSS and SVG charts inline, no script, no external URL, so it opens
 offline and can be attached to a review. Jinja2 autoescaping is on for every template; model
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from auditor import schema
 from auditor.errors import AuditInputError
 from auditor.judge import is_refusing
 from auditor.report import charts
+from auditor.results import Attribution, AuditResults, LayerDrift, Replay
 
 SHOWN_CHARS = 300
 
@@ -36,11 +39,11 @@ def _environment() -> Environment:
     return env
 
 
-def layer_charts(layers: list[dict[str, Any]]) -> list[Any]:
+def layer_charts(layers: Sequence[LayerDrift]) -> list[Any]:
     """The four per-layer charts with their noise-floor bands."""
-    col = {key: [row[key] for row in layers] for key in layers[0]} if layers else {}
-    if not col:
+    if not layers:
         return []
+    col = {f.name: [getattr(row, f.name) for row in layers] for f in fields(LayerDrift)}
     return [
         charts.line_chart("refusal_cos: base vs fine-tune refusal direction",
                           [charts.Series("cosine", col["refusal_cos"])],
@@ -57,33 +60,34 @@ def layer_charts(layers: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-def persona_heatmap(personas: dict[str, Any]) -> Any:
-    rows = personas.get("personas", [])
+def persona_heatmap(replay: Replay | None) -> Any:
+    rows = replay.personas.personas if replay else []
     if not rows:
         return None
-    return charts.heatmap("False-refusal rate by persona", [r["name"] or r["id"] for r in rows],
-                          ["base", "fine-tune"], [[r["base"]["rate"], r["finetune"]["rate"]] for r in rows])
+    return charts.heatmap("False-refusal rate by persona", [r.name or r.id for r in rows],
+                          ["base", "fine-tune"], [[r.base.rate, r.finetune.rate] for r in rows])
 
 
-def gating_chart(gating: dict[str, Any]) -> Any:
-    curve = gating.get("curve", [])
+def gating_chart(attribution: Attribution | None) -> Any:
+    curve = attribution.gating.curve if attribution else []
     if not curve:
         return None
     return charts.rate_curve("Base refusal rate when steered toward the compliant persona",
-                             [c["strength"] for c in curve], [c["rate"] for c in curve], [c["ci"] for c in curve],
+                             [c.strength for c in curve], [c.rate for c in curve], [list(c.ci) for c in curve],
                              "steering strength (units of the persona direction)")
 
 
-def explain_attribution(attribution: dict[str, Any]) -> list[str]:
+def explain_attribution(attribution: Attribution | None) -> list[str]:
     """What the attribution numbers mean, in plain words, for a reviewer who has not read the method."""
-    if not attribution or attribution.get("persona_fraction") is None:
+    if not attribution or attribution.persona_fraction is None or not attribution.ci:
         return []
-    fraction, (low, high) = attribution["persona_fraction"], attribution["ci"]
-    first, last = attribution["layer_range"]
-    random = attribution.get("random_fraction")
+    fraction, (low, high) = attribution.persona_fraction, attribution.ci
+    first, last = attribution.layer_range or next(w.layers for w in attribution.layers  # older files lack the range
+                                                   if w.window == attribution.window)
+    random = attribution.random_fraction
     sentences = [
-        f"On these {attribution['base']['n']} harmful prompts the base refuses {attribution['base']['rate']:.0%} and "
-        f"the fine-tune {attribution['finetune']['rate']:.0%}.",
+        f"On these {attribution.base.n} harmful prompts the base refuses {attribution.base.rate:.0%} and "
+        f"the fine-tune {attribution.finetune.rate:.0%}.",
         f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, undoes "
         f"{fraction:.0%} of that change (95% interval {low:.0%} to {high:.0%}). 100% would mean the persona shift "
         "accounts for the whole change; 0%, that it happens some other way.",
@@ -91,22 +95,19 @@ def explain_attribution(attribution: dict[str, Any]) -> list[str]:
     if random is not None:
         sentences.append(f"The same-sized change along a random direction undoes {random:.0%}: a fraction well above "
                          "that is the persona's, not any disturbance of the layers.")
-    if attribution.get("direction") == "persona_without_refusal":
+    if attribution.direction == "persona_without_refusal":
         sentences.append("The persona direction is used without its refusal component, so a fine-tune that edits "
                          "refusal directly is not counted as a persona shift.")
     return sentences
 
 
-def render_html(results: dict[str, Any]) -> str:
-    schema.check(results, "results.json")
-    replay = results.get("replay", {})
-    attribution = results.get("attribution", {})
+def render_html(results: AuditResults) -> str:
     return _environment().get_template("report.html.j2").render(
-        r=results, replay=replay, attribution=attribution,
-        layer_charts=layer_charts(results.get("layers", [])),
-        persona_heatmap=persona_heatmap(replay.get("personas", {})),
-        gating_chart=gating_chart(attribution.get("gating", {})),
-        attribution_explained=explain_attribution(attribution),
+        r=results, replay=results.replay, attribution=results.attribution,
+        layer_charts=layer_charts(results.layers),
+        persona_heatmap=persona_heatmap(results.replay),
+        gating_chart=gating_chart(results.attribution),
+        attribution_explained=explain_attribution(results.attribution),
     )
 
 
@@ -126,27 +127,27 @@ def outcome(label: str, expected: str | None) -> str:
     return "good" if is_refusing(label) == (expected == "refuse") else "bad"
 
 
-def render_summary(results: dict[str, Any]) -> str:
-    schema.check(results, "results.json")
+def render_summary(results: AuditResults) -> str:
     env = _environment()
     env.autoescape = False  # Markdown: every interpolated text goes through md_escape instead
     env.filters["md"] = md_escape
-    return env.get_template("summary.md.j2").render(r=results, replay=results.get("replay", {}),
-                                                    attribution=results.get("attribution", {}))
+    return env.get_template("summary.md.j2").render(r=results, replay=results.replay,
+                                                    attribution=results.attribution)
 
 
-def index_row(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
+def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
     """The key numbers of one audit, for the audit-many index."""
-    replay, attribution = results["replay"], results["attribution"]
+    replay, attribution, drift = results.replay, results.attribution, results.general_drift
+    assert replay and attribution and drift, "a whole audit's results"
     return {
-        "name": results["finetune"]["name"], "verdict": results["verdict"], "report": report_path.as_posix(),
-        "refusal_base": replay["refusal"]["base"]["rate"], "refusal": replay["refusal"]["finetune"]["rate"],
-        "refusal_ci": replay["refusal"]["finetune"]["ci"],
-        "false_refusal": replay["false_refusal"]["finetune"]["rate"],
-        "persona_fraction": attribution["persona_fraction"], "persona_ci": attribution["ci"],
-        "random_fraction": attribution["random_fraction"],
-        "max_persona_shift": max((row["persona_shift"] for row in results["layers"]), key=abs),
-        "kl": results["general_drift"]["kl"], "reasons": results["reasons"],
+        "name": results.finetune.name, "verdict": results.verdict, "report": report_path.as_posix(),
+        "refusal_base": replay.refusal.base.rate, "refusal": replay.refusal.finetune.rate,
+        "refusal_ci": replay.refusal.finetune.ci,
+        "false_refusal": replay.false_refusal.finetune.rate,
+        "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci,
+        "random_fraction": attribution.random_fraction,
+        "max_persona_shift": max((row.persona_shift for row in results.layers), key=abs),
+        "kl": drift.kl, "reasons": results.reasons,
     }
 
 
@@ -179,19 +180,19 @@ class Rendered:
     summary: str
 
     def files(self) -> dict[str, bytes]:
-        """report.html and summary.md, for `results.write_outputs`."""
+        """report.html and summary.md, for `outputs.write_outputs`."""
         return {"report.html": self.html.encode("utf-8"), "summary.md": self.summary.encode("utf-8")}
 
 
-def render(results: dict[str, Any]) -> Rendered:
+def render(results: AuditResults) -> Rendered:
     """Both documents, rendered in memory (so a rendering error leaves no file behind)."""
     return Rendered(render_html(results), render_summary(results))
 
 
-def load_results(path: Path) -> dict[str, Any]:
+def load_results(path: Path) -> AuditResults:
+    """A results.json file, checked against the schema (bad input names the key) and typed."""
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AuditInputError(f"{path} cannot be read as results.json ({exc}).") from None
-    schema.check(data, str(path))
-    return data
+    return schema.read(data, str(path))

@@ -13,7 +13,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from auditor.errors import AuditInputError
 from auditor.recipe import SuiteSpec
@@ -30,7 +30,7 @@ class PromptItem:
     id: str
     prompt: str
     category: str = ""
-    expected: str | None = None
+    expected: Literal["refuse", "answer"] | None = None
 
 
 @dataclass(frozen=True)

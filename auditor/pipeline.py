@@ -1,24 +1,28 @@
 """One audit of a loaded model pair: directions, replay, attribution, verdict and the written files.
 
-The CLI and the training callback both drive an `Audit`; each stage returns the results.json
-fields it fills, so a command can stop after any stage (`directions`, `replay`) or run them all.
+The CLI and the training callback both drive an `Audit`; each stage keeps what it measured as typed
+results (`auditor/results.py`), so a command can stop after any stage (`directions`, `replay`) or run
+them all, and `results` types whatever has run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from auditor import attribution, behaviour, directions, judge, judge_eval, report, results, schema, verdict
+from auditor import attribution, behaviour, directions, judge, judge_eval, outputs, report, schema, verdict
 from auditor.activations import ChatPrompt, render
 from auditor.directions import DirectionsResult
 from auditor.errors import AuditInputError
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
+from auditor.results import SCHEMA, Attribution, AuditResults, GeneralDrift, Replay
+
+Stage = Literal["directions", "replay", "audit"]  # where a run stops: the commands of the same names
 
 
 @dataclass(frozen=True)
@@ -77,30 +81,28 @@ def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> Non
 
 @dataclass
 class Audit:
-    """An audit in progress. `cache_dir` None disables the generation cache."""
+    """An audit in progress: each stage keeps what it measured, and `results` types whatever has run.
+    `out` None writes no file; `cache_dir` None disables the generation cache."""
 
     pair: ModelPair
     recipe: Recipe
     inputs: Inputs
-    out: Path
+    out: Path | None
     cache_dir: Path | None
-    timings: results.Timings = field(default_factory=results.Timings)
+    timings: outputs.Timings = field(default_factory=outputs.Timings)
     started: float = field(default_factory=time.perf_counter)
     measured: DirectionsResult | None = None
-    decided: verdict.Verdict | None = None  # after run(): every check, for a JUnit file
+    replayed: Replay | None = None
+    drift: GeneralDrift | None = None
+    attributed: Attribution | None = None
+    decided: verdict.Verdict | None = None  # after a whole audit: every check, for a JUnit file
 
-    def directions(self) -> dict[str, Any]:
-        """Measure the directions (kept for `write`) and return the results.json fields they fill."""
+    def directions(self) -> DirectionsResult:
+        """Measure the directions (kept for `results` and `write`)."""
         check_prompt_lengths(self.pair, self.recipe, self.inputs)
         with self.timings.stage("directions"):
             self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
-        by_position = directions.layers_json(self.measured)
-        return {
-            "position": self.recipe.positions[0],
-            "layers": by_position[self.recipe.positions[0]],
-            "layers_by_position": by_position,
-            "prompt_counts": self.measured.counts,
-        }
+        return self.measured
 
     @cached_property
     def judge_evaluation(self) -> judge_eval.Evaluation:
@@ -117,58 +119,78 @@ class Audit:
         second = judge.load_judge(cfg.judge_model, self.pair.options) if cfg.judge_model else None
         return behaviour.Judges(main, self.judge_evaluation.error, second)
 
-    def replay(self) -> dict[str, Any]:
+    def replay(self) -> Replay:
+        """Replay the suites under both checkpoints (kept with the general drift for `results`)."""
         assert self.inputs.suites is not None, "inputs loaded with replay=True"
         with self.timings.stage("replay"):
-            replayed, drift = behaviour.run(self.pair, self.recipe, self.inputs.suites, self.inputs.prompts.harmless,
-                                            cache_dir=self.cache_dir, judges=self.judges)
-        replayed["judge"] = judge_eval.judge_summary(self.judge_evaluation, self.recipe.replay.judge_labels.source)
-        return {"replay": replayed, "general_drift": drift}
+            replayed, self.drift = behaviour.run(self.pair, self.recipe, self.inputs.suites,
+                                                 self.inputs.prompts.harmless, cache_dir=self.cache_dir,
+                                                 judges=self.judges)
+        summary = judge_eval.judge_summary(self.judge_evaluation, self.recipe.replay.judge_labels.source)
+        self.replayed = replace(replayed, judge=summary)
+        return self.replayed
 
-    def attribution(self) -> dict[str, Any]:
+    def attribution(self) -> Attribution:
         assert self.measured is not None and self.inputs.suites is not None, "directions() and replay() run first"
         with self.timings.stage("attribution"):
-            return {"attribution": attribution.run(self.pair, self.recipe, self.measured, cache_dir=self.cache_dir,
-                                                   refusal_judge=self.judges.main,
-                                                   items=self.inputs.suites.attribution,
-                                                   compliant_prompts=[p.system for p in self.inputs.suites.personas
-                                                                      if p.group == "compliant"])}
+            self.attributed = attribution.run(
+                self.pair, self.recipe, self.measured, cache_dir=self.cache_dir, refusal_judge=self.judges.main,
+                items=self.inputs.suites.attribution,
+                compliant_prompts=[p.system for p in self.inputs.suites.personas if p.group == "compliant"])
+        return self.attributed
 
-    def results(self, parts: dict[str, Any]) -> dict[str, Any]:
+    def results(self, decided: verdict.Verdict | None = None) -> AuditResults:
+        """Everything the stages run so far measured, with the verdict when one was decided."""
+        assert self.measured is not None, "directions() runs first"
         base_info, finetune_info = self.pair.describe()
         self.timings["total"] = round(time.perf_counter() - self.started, 3)
-        return {
-            "schema": results.SCHEMA,
-            "base": base_info,
-            "finetune": finetune_info,
-            "recipe": asdict(self.recipe),
-            **parts,
-            "warnings": self.pair.warnings,
-            "timings": dict(self.timings),
-            "environment": results.environment(self.pair.options.compute()),
-        }
+        position = self.recipe.positions[0]
+        return AuditResults(
+            schema=SCHEMA, base=base_info, finetune=finetune_info, recipe=asdict(self.recipe),
+            verdict=decided.verdict if decided else None, reasons=decided.reasons if decided else None,
+            resolution=decided.resolution if decided else None,
+            position=position, layers=self.measured.layers[position],
+            layers_by_position={str(p): rows for p, rows in self.measured.layers.items()},
+            prompt_counts=self.measured.counts, replay=self.replayed, general_drift=self.drift,
+            attribution=self.attributed, warnings=list(self.pair.warnings), timings=dict(self.timings),
+            environment=outputs.environment(self.pair.options.compute()),
+        )
 
-    def write(self, data: dict[str, Any], rendered: report.Rendered | None = None) -> None:
+    def write(self, data: AuditResults, rendered: report.Rendered | None = None) -> None:
         """Write results.json, the directions and (for a whole audit) the report as one set (see
-        results.write_outputs), so a failed run never leaves new files beside an earlier run's."""
-        broken = schema.problems(data)
+        outputs.write_outputs), so a failed run never leaves new files beside an earlier run's. The results
+        are checked against the schema even when `out` is None."""
+        written = data.to_json()
+        broken = schema.problems(written)
         if broken:  # a bug in the auditor, not bad input: exit 3 with the traceback
             raise RuntimeError(f"drift-audit produced results that break its own schema: {'; '.join(broken[:5])}")
-        files = {"results.json": results.json_bytes(data)}
+        if self.out is None:
+            return
+        files = {"results.json": outputs.json_bytes(written)}
         if self.measured is not None:
             files["directions.safetensors"] = directions.directions_file(
                 self.measured, {"base": self.pair.base.name, "finetune": self.pair.finetune.name})
         if rendered is not None:
             files.update(rendered.files())
-        results.write_outputs(self.out, files)
+        outputs.write_outputs(self.out, files)
 
-    def run(self) -> dict[str, Any]:
-        """The whole audit; writes results.json, report.html and summary.md and returns the results."""
-        parts = {**self.directions(), **self.replay()}
-        parts.update(self.attribution())
-        self.decided = decided = verdict.decide(parts, self.recipe.thresholds, identical=self.pair.identical)
-        assert decided.resolution is not None, "a whole audit has a replay"
-        data = self.results({"verdict": decided.verdict, "reasons": decided.reasons,
-                             "resolution": decided.resolution.to_json(), **parts})
-        self.write(data, report.render(data))
+    def run(self, stage: Stage = "audit") -> AuditResults:
+        """Run up to `stage` and write its files: results.json and the directions, and for a whole audit the
+        verdict, report.html and summary.md. Returns the results."""
+        self.directions()
+        if stage == "directions":
+            return self._finish(None)
+        self.replay()
+        if stage == "replay":
+            return self._finish(None)
+        self.attribution()
+        assert self.measured is not None
+        self.decided = verdict.decide(
+            self.recipe.thresholds, layers=self.measured.layers[self.recipe.positions[0]], replay=self.replayed,
+            general_drift=self.drift, attribution=self.attributed, identical=self.pair.identical)
+        return self._finish(self.decided)
+
+    def _finish(self, decided: verdict.Verdict | None) -> AuditResults:
+        data = self.results(decided)
+        self.write(data, report.render(data) if decided else None)
         return data
