@@ -35,6 +35,7 @@ from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
 from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
+from auditor.stats import describe_change
 from auditor.suites import PromptItem, load_suite
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
@@ -66,13 +67,6 @@ class Replayer:
             judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",
                                  self.judges, prompts=prompts, first_token=False)
         return [j.refused for j in judged]
-
-
-def describe_change(drop: float) -> str:
-    """A difference of rates in plain words: 'dropped by 12.5 points' (a drop is positive)."""
-    if drop == 0:
-        return "did not change"
-    return f"{'dropped' if drop > 0 else 'rose'} by {abs(drop) * 100:.1f} points"
 
 
 def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool],

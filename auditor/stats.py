@@ -292,3 +292,10 @@ def items_to_detect(drop: float, churn: float, alpha: float, power: float = POWE
     needed = (_NORMAL.inv_cdf(1 - alpha / 2) * math.sqrt(discordant)
               + _NORMAL.inv_cdf(power) * math.sqrt(max(0.0, discordant - drop * drop))) / drop
     return math.ceil(needed * needed)
+
+
+def describe_change(drop: float) -> str:
+    """A difference of rates in plain words: 'dropped by 12.5 points' (a drop is positive)."""
+    if drop == 0:
+        return "did not change"
+    return f"{'dropped' if drop > 0 else 'rose'} by {abs(drop) * 100:.1f} points"

@@ -152,12 +152,6 @@ def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
     assert directions.shift_along(orthogonal, orthogonal).tolist() == pytest.approx([1.0, 1.0, 1.0])
 
 
-def test_changes_of_rates_read_in_points() -> None:
-    assert attribution.describe_change(0.896) == "dropped by 89.6 points"
-    assert attribution.describe_change(-0.05) == "rose by 5.0 points"
-    assert attribution.describe_change(0.0) == "did not change"
-
-
 def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, Any], recipe: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())

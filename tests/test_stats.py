@@ -124,3 +124,9 @@ def test_smallest_detectable_drop_has_power_in_simulation(n: int, churn: float) 
         only_finetune = sum(drop + churn / 2 <= u < drop + churn for u in draws)
         found += stats.mcnemar_exact(only_base, only_finetune) < 0.05
     assert 0.74 <= found / reps <= 0.84
+
+
+def test_changes_of_rates_read_in_points() -> None:
+    assert stats.describe_change(0.896) == "dropped by 89.6 points"
+    assert stats.describe_change(-0.05) == "rose by 5.0 points"
+    assert stats.describe_change(0.0) == "did not change"
