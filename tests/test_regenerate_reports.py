@@ -98,3 +98,12 @@ def test_the_script_takes_the_first_screen(demo: Path, tmp_path: Path) -> None:
     png = (dest / regenerate_reports.SCREENSHOT).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (1200, 900)  # the first screen, not the whole page
+
+
+def test_the_committed_example_is_rendered_by_the_current_templates() -> None:
+    """A template change must come with `scripts/regenerate_reports.py --from reports/example`: a reviewer opens
+    what the committed files say, and they must be what the auditor writes today."""
+    committed = Path(__file__).resolve().parent.parent / "reports" / "example"
+    files = regenerate_reports.render_example(regenerate_reports.read_audits(committed))
+    stale = [name for name, content in files.items() if (committed / name).read_bytes() != content]
+    assert not stale, f"re-render with `python scripts/regenerate_reports.py --from reports/example`: {stale}"
