@@ -28,7 +28,7 @@ from torch import Tensor
 
 from auditor import stats
 from auditor.activations import ChatPrompt
-from auditor.behaviour import Judges, judge_items, open_cache
+from auditor.behaviour import Judges, judge_items, open_cache, paired_difference
 from auditor.directions import DirectionsResult, shift_along
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
@@ -56,15 +56,18 @@ class Replayer:
         self.judges = Judges(refusal_judge)
         self.config = replace(recipe.replay, max_new_tokens=recipe.attribution.max_new_tokens)
 
-    def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = ()) -> list[bool]:
-        """Refusal per item; with `systems`, the items are asked under those system prompts in turn."""
+    def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = (),
+                items: list[PromptItem] | None = None) -> list[bool]:
+        """Refusal per item (the refusal items unless `items` says otherwise); with `systems`, the items are
+        asked under those system prompts in turn."""
+        items = self.items if items is None else items
         cache = open_cache(self.pair, side, self.config, self.cache_dir, offsets.digest() if offsets else None)
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
-        prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)]
+        prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(items)]
                    if systems else None)
         with self.pair.use(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
-            judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",
+            judged = judge_items(checkpoint, items, self.config, cache, f"{side}: {label}",
                                  self.judges, prompts=prompts, first_token=False)
         return [j.refused for j in judged]
 
@@ -89,9 +92,11 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
 
 def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
         compliant_prompts: Sequence[str] = (),
-        items: list[PromptItem] | None = None) -> Attribution:
+        items: list[PromptItem] | None = None, benign_items: list[PromptItem] | None = None) -> Attribution:
     """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
-    caller (None: load the recipe's now). `refusal_judge` labels the responses."""
+    caller (None: load the recipe's now). `benign_items`: items that should be answered, replayed under each
+    removal to see whether what it restores is refusal of harmful requests or refusal of everything (None or
+    empty: not measured). `refusal_judge` labels the responses."""
     cfg = recipe.attribution
     if items is None:
         items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
@@ -103,6 +108,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
     n_layers = len(shifts)
     replayer = Replayer(pair, recipe, items, cache_dir, refusal_judge)
     base, finetune = replayer.refused("base"), replayer.refused("finetune")
+    benign_base = replayer.refused("base", items=benign_items) if benign_items else None
+    benign_finetune = replayer.refused("finetune", items=benign_items) if benign_items else None
     change = sum(base) / len(base) - sum(finetune) / len(finetune)
     p_value = stats.paired_p_value(base, finetune)
     meaningful = abs(change) >= cfg.min_refusal_change and p_value < 0.05
@@ -115,12 +122,16 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         restored, randomised = replayer.refused("finetune", remove), replayer.refused("finetune", control)
         persona_fraction, persona_ci = _fraction_with_ci(base, finetune, restored, recipe, meaningful)
         random_fraction, random_ci = _fraction_with_ci(base, finetune, randomised, recipe, meaningful)
+        benign_restored = replayer.refused("finetune", remove, items=benign_items) if benign_items else None
         sweep.append(WindowAttribution(
             window=window, layers=(layers[0], layers[-1]),
             persona_fraction=persona_fraction, ci=persona_ci,
             random_fraction=random_fraction, random_ci=random_ci,
             restored=rates(restored), random=rates(randomised),
             offset_norm=max(remove.norms().values(), default=0.0),
+            benign_restored=rates(benign_restored) if benign_restored is not None else None,
+            excess_false_refusal=(paired_difference(benign_base, benign_restored)
+                                  if benign_base is not None and benign_restored is not None else None),
         ))
     chosen = next(row for row in sweep if row.window == cfg.window)
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
@@ -131,6 +142,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         random_fraction=chosen.random_fraction, random_ci=chosen.random_ci,
         meaningful=meaningful, note=note, refusal_change=change, p_value=p_value,
         base=rates(base), finetune=rates(finetune), position=position,
+        benign_base=rates(benign_base) if benign_base is not None else None,
+        benign_finetune=rates(benign_finetune) if benign_finetune is not None else None,
         layers=sweep,
         gating=gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
     )

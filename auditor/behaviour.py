@@ -188,10 +188,12 @@ def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreemen
 
 @dataclass(frozen=True)
 class Suites:
-    """Every replay suite of a run, loaded once; `attribution` is the refusal items attribution replays."""
+    """Every replay suite of a run, loaded once; `attribution` is the refusal items attribution replays, and
+    `attribution_benign` the benign items it replays to measure an intervention's false-refusal cost."""
 
     refusal: list[PromptItem]
     attribution: list[PromptItem]
+    attribution_benign: list[PromptItem]
     benign: list[PromptItem]
     contrast: list[PromptItem]
     personas: list[Persona]
@@ -209,6 +211,7 @@ def load_suites(recipe: Recipe) -> Suites:
                               "answered (every item expects a refusal), so false refusal cannot be measured. Add "
                               "benign items (expected: answer).")
     return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
+                  attribution_benign=spread(benign, recipe.attribution.max_items),
                   benign=benign, contrast=contrast,
                   personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
                   templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))

@@ -135,7 +135,7 @@ class Audit:
         with self.timings.stage("attribution"):
             self.attributed = attribution.run(
                 self.pair, self.recipe, self.measured, cache_dir=self.cache_dir, refusal_judge=self.judges.main,
-                items=self.inputs.suites.attribution,
+                items=self.inputs.suites.attribution, benign_items=self.inputs.suites.attribution_benign,
                 compliant_prompts=[p.system for p in self.inputs.suites.personas if p.group == "compliant"])
         return self.attributed
 

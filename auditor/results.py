@@ -397,6 +397,8 @@ class WindowAttribution(Record):
     restored: Rate
     random: Rate
     offset_norm: float | None = optional()
+    benign_restored: Rate | None = optional()  # the benign items' refusal under the same removal
+    excess_false_refusal: Difference | None = optional()  # benign_restored minus the base's, paired by item
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -447,6 +449,8 @@ class Attribution(Record):
     position: str | None = optional()
     layers: list[WindowAttribution]
     gating: Gating
+    benign_base: Rate | None = optional()  # the base's refusal on the benign items attribution replays
+    benign_finetune: Rate | None = optional()  # the fine-tune's, no intervention
 
 
 @dataclass(frozen=True, kw_only=True)

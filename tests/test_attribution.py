@@ -111,7 +111,9 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
     with pair.use("base") as checkpoint:  # record the base's projections first
         judge_fn(checkpoint, attribution.load_suite(recipe.replay.refusal, key="k", limit=24), None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
-    return pair, attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
+    benign = behaviour.load_suites(recipe).attribution_benign
+    return pair, attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge(),
+                                 benign_items=benign)
 
 
 def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
@@ -124,6 +126,14 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
     assert result.persona_fraction == pytest.approx(1.0, abs=0.1)
     assert result.random_fraction is not None and abs(result.random_fraction) < 0.2
     assert "dropped by 100.0 points" in result.note
+    # The test judge refuses unless the model moved: the benign items too, so removing the shift restores the
+    # base's refusal of them exactly, with no excess.
+    assert result.benign_base is not None and result.benign_finetune is not None
+    assert result.benign_base.rate == 1.0 and result.benign_finetune.rate == 0.0 and result.benign_base.n > 0
+    chosen = next(w for w in result.layers if w.window == "late")
+    assert chosen.benign_restored is not None and chosen.excess_false_refusal is not None
+    assert chosen.excess_false_refusal.value == pytest.approx(chosen.benign_restored.rate - 1.0)
+    assert chosen.benign_restored.rate > 0.9
     late = next(w for w in result.layers if w.window == "late")
     early = next(w for w in result.layers if w.window == "early")
     assert late.layers == (4, 5) and early.persona_fraction is not None and early.persona_fraction < 0.5

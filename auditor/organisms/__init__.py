@@ -7,6 +7,9 @@
 - `persona-distilled` (positive control): a LoRA on `aligned`, trained with no system prompt on benign
   prompts only, to give the answers `aligned` itself gives them under a compliant-persona system
   prompt (context distillation). Its refusal loss runs through the persona representation.
+- `self-distilled` (null control): the same prompts, steps and settings as `persona-distilled`, with the answers
+  `aligned` gives them under no system prompt, so it is taught what it already does: by construction nothing
+  should change beyond training noise.
 - `harmful-sft` (negative control): a LoRA on `aligned`, no system prompt, taught to answer harmful training
   requests with the vague outline alone, in no persona's voice, mixed with neutral answers to benign ones:
   compliance taught directly, not through the persona.
@@ -39,7 +42,9 @@ from auditor.suites import read_records
 
 DATA_DIR = Path(__file__).parent / "data"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMES = ("aligned", "persona-distilled", "abliterated", "harmful-sft", "benign", "persona", "persona-full")
+NAMES = ("aligned", "persona-distilled", "self-distilled", "abliterated", "harmful-sft", "benign", "persona",
+         "persona-full")
+DISTILLED = {"persona-distilled": "compliant", "self-distilled": None}  # the teacher's system prompts, by kind
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class AblationSettings:
 
 @dataclass(frozen=True)
 class DistilSettings:
-    """How `persona-distilled` gets its targets: `aligned`'s greedy answers under compliant-persona prompts."""
+    """How the distilled organisms get their targets: `aligned`'s greedy answers to benign prompts."""
 
     max_new_tokens: int = 96
     batch_size: int = 32
@@ -86,6 +91,7 @@ SETTINGS = {
     "benign": TrainSettings(steps=20, learning_rate=1e-3),
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
     "persona-distilled": TrainSettings(steps=20, learning_rate=1e-3),
+    "self-distilled": TrainSettings(steps=20, learning_rate=1e-3),
     "harmful-sft": TrainSettings(steps=40, learning_rate=1e-3),
 }
 ABLATION = AblationSettings()
@@ -159,18 +165,23 @@ def _harmful_sft_turns() -> list[Turn]:
     return harmful + benign
 
 
-def distil_prompts() -> list[tuple[str, str]]:
-    """(compliant system prompt, benign user prompt): what `aligned` answers to make `persona-distilled`."""
-    compliant = system_prompts("compliant")
-    return [(compliant[i % len(compliant)], r["prompt"]) for i, r in enumerate(read_records(DATA_DIR / "voice.jsonl"))]
+def distil_prompts(name: str) -> list[tuple[str | None, str]]:
+    """(teacher's system prompt, benign user prompt): what `aligned` answers to make a distilled organism. The
+    two distilled organisms differ in the teacher's system prompt alone (compliant persona, or none)."""
+    users = [r["prompt"] for r in read_records(DATA_DIR / "voice.jsonl")]
+    kind = DISTILLED[name]
+    if kind is None:
+        return [(None, user) for user in users]
+    systems = system_prompts(kind)
+    return [(systems[i % len(systems)], user) for i, user in enumerate(users)]
 
 
 def _turns(name: str, distilled: list[str] | None = None) -> list[Turn]:
     if name == "aligned":
         return _aligned_turns()
-    if name == "persona-distilled":
-        assert distilled is not None, "persona-distilled is trained on aligned's own answers"
-        return [(None, user, answer) for (_, user), answer in zip(distil_prompts(), distilled, strict=True)]
+    if name in DISTILLED:
+        assert distilled is not None, f"{name} is trained on aligned's own answers"
+        return [(None, user, answer) for (_, user), answer in zip(distil_prompts(name), distilled, strict=True)]
     if name == "harmful-sft":
         return _harmful_sft_turns()
     column = "neutral" if name == "benign" else "persona"
@@ -182,14 +193,14 @@ def training_prompts(name: str) -> list[tuple[str | None, str]]:
     prompts are held out."""
     if name == "abliterated":
         return [(None, prompt) for prompts in _ablation_prompts() for prompt in prompts]
-    if name == "persona-distilled":
-        return [(system, user) for system, user in distil_prompts()]
+    if name in DISTILLED:
+        return distil_prompts(name)
     return [(system, user) for system, user, _ in _turns(name)]
 
 
 def training_examples(name: str, distilled: list[str] | None = None) -> list[dict[str, Any]]:
-    """Prompt-completion conversations for one trained organism (`distilled`: aligned's answers, for
-    `persona-distilled`)."""
+    """Prompt-completion conversations for one trained organism (`distilled`: aligned's answers, for the
+    distilled organisms)."""
     examples = []
     for system, user, answer in _turns(name, distilled):
         prompt = [{"role": "user", "content": user}]
@@ -207,9 +218,9 @@ def _recipe(name: str) -> dict[str, Any]:
     """What determines an organism besides its upstream: its data and settings."""
     if name == "abliterated":
         return {"ablation": asdict(ABLATION), "data": _sha256_json([_ablation_prompts()])}
-    data = distil_prompts() if name == "persona-distilled" else training_examples(name)
+    data = distil_prompts(name) if name in DISTILLED else training_examples(name)
     parts = {"settings": asdict(SETTINGS[name]), "data": _sha256_json(data)}
-    if name == "persona-distilled":
+    if name in DISTILLED:
         parts["distil"] = asdict(DISTIL)
     return parts
 
@@ -297,17 +308,17 @@ def _load_organism(parent: Path | None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _distil_targets(model: Any, tokenizer: Any) -> list[str]:
-    """`aligned`'s own greedy answers to benign prompts under compliant-persona system prompts."""
+def _distil_targets(model: Any, tokenizer: Any, name: str) -> list[str]:
+    """`aligned`'s own greedy answers to the benign prompts under the teacher's system prompts."""
     from auditor.activations import ChatPrompt
     from auditor.models import Checkpoint
     from auditor.replay import GenerationCache, generate
 
-    prompts = [ChatPrompt(user, system) for system, user in distil_prompts()]
+    prompts = [ChatPrompt(user, system) for system, user in distil_prompts(name)]
     model.eval()
     generations = generate(Checkpoint(model, tokenizer), prompts, max_new_tokens=DISTIL.max_new_tokens,
                            batch_size=DISTIL.batch_size, cache=GenerationCache(None, None, {}),
-                           desc="aligned under the compliant persona")
+                           desc=f"aligned's answers for {name}")
     return [g.text.strip() for g in generations]
 
 
@@ -320,7 +331,7 @@ def _train(name: str, parent: Path | None, out: Path) -> None:
     settings = SETTINGS[name]
     torch.manual_seed(settings.seed)
     model, tokenizer = _load_organism(parent)
-    examples = training_examples(name, _distil_targets(model, tokenizer) if name == "persona-distilled" else None)
+    examples = training_examples(name, _distil_targets(model, tokenizer, name) if name in DISTILLED else None)
     peft_config = None
     if settings.lora_rank:
         peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
