@@ -30,13 +30,14 @@ from auditor import stats
 from auditor.activations import ChatPrompt
 from auditor.behaviour import Judges, judge_items, open_cache
 from auditor.directions import DirectionsResult, shift_along
+from auditor.inputs import Suites
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
 from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
 from auditor.stats import describe_change
-from auditor.suites import PromptItem, load_suite
+from auditor.suites import PromptItem
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
 
@@ -87,14 +88,12 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
     return fraction(base, finetune, restored), ci
 
 
-def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
-        compliant_prompts: Sequence[str] = (),
-        items: list[PromptItem] | None = None) -> Attribution:
-    """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
-    caller (None: load the recipe's now). `refusal_judge` labels the responses."""
+def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Suites, *, cache_dir: Path | None,
+        refusal_judge: Judge) -> Attribution:
+    """The `attribution` part of results.json: `suites.attribution` replayed (and, for the prompted gating check,
+    asked under the compliant personas of `suites`). `refusal_judge` labels the responses."""
     cfg = recipe.attribution
-    if items is None:
-        items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
+    items = suites.attribution
     position = recipe.positions[0]
     directions = measured.base[position]
     refusal = directions.refusal
@@ -132,7 +131,7 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         meaningful=meaningful, note=note, refusal_change=change, p_value=p_value,
         base=rates(base), finetune=rates(finetune), position=position,
         layers=sweep,
-        gating=gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
+        gating=gating(replayer, recipe, persona, refusal, n_layers, base, suites.compliant_systems()),
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from auditor import judge, stats
 from auditor.activations import ChatPrompt
-from auditor.errors import AuditInputError
+from auditor.inputs import Suites
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
@@ -44,7 +44,7 @@ from auditor.results import (
     SideSummary,
     SuiteComparison,
 )
-from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates, spread
+from auditor.suites import Persona, PromptItem
 
 SIDES: tuple[Side, Side] = ("base", "finetune")
 FLIPPED_SHOWN = 50
@@ -184,34 +184,6 @@ def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreemen
         disagreements=[Disagreement(id=j.item.id, prompt=j.item.prompt, response=j.text[:RESPONSE_KEPT],
                                     judge=j.label, second=str(j.second_label)) for j in disagree[:FLIPPED_SHOWN]],
     )
-
-
-@dataclass(frozen=True)
-class Suites:
-    """Every replay suite of a run, loaded once; `attribution` is the refusal items attribution replays."""
-
-    refusal: list[PromptItem]
-    attribution: list[PromptItem]
-    benign: list[PromptItem]
-    contrast: list[PromptItem]
-    personas: list[Persona]
-    templates: list[str]
-
-
-def load_suites(recipe: Recipe) -> Suites:
-    cfg = recipe.replay
-    refusal = load_suite(cfg.refusal, key="replay.refusal")
-    false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
-    benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
-    contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
-    if not benign:
-        raise AuditInputError(f"replay.false_refusal: {cfg.false_refusal.source} has no item that should be "
-                              "answered (every item expects a refusal), so false refusal cannot be measured. Add "
-                              "benign items (expected: answer).")
-    return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
-                  benign=benign, contrast=contrast,
-                  personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
-                  templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
 
 
 def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
