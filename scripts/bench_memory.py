@@ -21,7 +21,8 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from auditor import models
-from auditor.activations import ChatPrompt, capture, left_pad, render
+from auditor.activations import ChatPrompt, capture, render
+from auditor.batching import left_pad
 mode, base, finetune, merged = sys.argv[1:5]
 start = time.perf_counter()
 pair = models.load_pair(base, merged if mode == "two-models" else finetune, models.LoadOptions())
