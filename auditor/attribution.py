@@ -28,13 +28,14 @@ from torch import Tensor
 
 from auditor import stats
 from auditor.activations import ChatPrompt
-from auditor.behaviour import Judges, judge_items, open_cache
+from auditor.behaviour import Judges, judge_items
 from auditor.directions import DirectionsResult, shift_along
 from auditor.inputs import Suites
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
+from auditor.replay import open_cache
 from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
 from auditor.stats import describe_change
 from auditor.suites import PromptItem

@@ -20,7 +20,7 @@ from auditor.activations import ChatPrompt
 from auditor.inputs import Suites
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
-from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
+from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt, open_cache
 from auditor.results import (
     CategoryComparison,
     CorrectedDifference,
@@ -184,15 +184,6 @@ def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreemen
         disagreements=[Disagreement(id=j.item.id, prompt=j.item.prompt, response=j.text[:RESPONSE_KEPT],
                                     judge=j.label, second=str(j.second_label)) for j in disagree[:FLIPPED_SHOWN]],
     )
-
-
-def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
-               intervention: str | None = None) -> GenerationCache:
-    """The generation cache of one side. The model's fingerprint covers its files, dtype and device; the
-    settings add how it generates and any intervention. Labels are not cached (every run judges afresh), so the
-    judge is not part of the key."""
-    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
-    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
 
 
 def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side, GenerationCache]:

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from auditor.activations import ChatPrompt, Rendered, render
 from auditor.batching import Batch, for_each_batch
-from auditor.models import Checkpoint
+from auditor.models import Checkpoint, ModelPair, Side
+from auditor.recipe import ReplayConfig
 
 CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
 
@@ -63,6 +64,11 @@ class GenerationCache:
         if self.path.exists():
             self._read(self.path)
 
+    @classmethod
+    def in_memory(cls) -> GenerationCache:
+        """A cache that writes nothing, for generation outside an audit (the model organisms, benchmarks)."""
+        return cls(None, None, {})
+
     def _read(self, path: Path) -> None:
         """Load every readable line; a line that is not UTF-8 JSON of a generation is a cache miss."""
         unreadable = 0
@@ -86,6 +92,16 @@ class GenerationCache:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+
+
+def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
+               intervention: str | None = None) -> GenerationCache:
+    """The generation cache of one side of `pair` in `cache_dir` (None: kept in memory only), and the one place
+    a cache's key is made: the model's fingerprint covers its files, dtype and device; the settings add how it
+    generates and any intervention. Labels are not cached (every run judges afresh), so the judge is not part of
+    the key."""
+    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
+    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
 
 
 def prompt_key(rendered: Rendered) -> str:

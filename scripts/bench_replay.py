@@ -87,7 +87,7 @@ def compare(checkpoint: Checkpoint, items: Sequence[PromptItem], *, max_new_toke
     loop_seconds, expected = benchkit.timed(lambda: loop_generate(checkpoint, prompts, max_new_tokens))
     auditor_seconds, got = benchkit.timed(lambda: generate(
         checkpoint, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        cache=GenerationCache(None, None, {})))
+        cache=GenerationCache.in_memory()))
     judge = PhraseJudge()
     same_label = sum(judge.label(item.prompt, Response(a.text, a.token_ids))
                      == judge.label(item.prompt, Response(b.text, b.token_ids))
