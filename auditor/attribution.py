@@ -64,7 +64,7 @@ class Replayer:
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
         prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(self.items)]
                    if systems else None)
-        with self.pair.use(side) as checkpoint, (
+        with self.pair.loaded(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             judged = judge_items(checkpoint, self.items, self.config, cache, f"{side}: {label}",
                                  self.judges, prompts=prompts, first_token=False)

@@ -198,7 +198,7 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
     judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
     first_token = {}
     for side in SIDES:
-        with pair.use(side) as checkpoint:
+        with pair.loaded(side) as checkpoint:
             for name, items in (("refusal", suites.refusal), ("benign", suites.benign),
                                 ("contrast", suites.contrast)):
                 judged[name][side] = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: {name}",
@@ -253,7 +253,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         prompts = [ChatPrompt(suites.templates[t].replace("{prompt}", suites.benign[i].prompt),
                               suites.personas[p].system or None) for p, t, i in cells]
         for side in SIDES:
-            with pair.use(side) as checkpoint:
+            with pair.loaded(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
                                      judges, prompts=prompts, first_token=False)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]

@@ -179,7 +179,7 @@ def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets) -> DirectionsResu
     position."""
     captured: dict[Side, dict[Position, SetActivations]] = {}
     for side in ("base", "finetune"):
-        with pair.use(side) as checkpoint:
+        with pair.loaded(side) as checkpoint:
             captured[side] = capture_sets(checkpoint, sets, recipe, side)
     layers, base, finetune, moved = {}, {}, {}, {}
     for position in recipe.positions:

@@ -109,7 +109,7 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
     suites = inputs.load_suites(recipe)
     baseline: dict[str, float] = {}
     judge_fn = projection_judge(organism, baseline)
-    with pair.use("base") as checkpoint:  # record the base's projections first
+    with pair.loaded("base") as checkpoint:  # record the base's projections first
         judge_fn(checkpoint, suites.attribution, None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
     return pair, attribution.run(pair, recipe, measured, suites, cache_dir=None, refusal_judge=judge.PhraseJudge())
