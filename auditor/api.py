@@ -25,8 +25,9 @@ from typing import Any
 
 from auditor import models, outputs
 from auditor.errors import AuditInputError
+from auditor.inputs import Inputs, load_inputs
 from auditor.models import Checkpoint, LoadOptions
-from auditor.pipeline import Audit, Inputs, Stage, load_inputs
+from auditor.pipeline import Audit, Stage
 from auditor.recipe import Recipe, load_recipe
 from auditor.replay import default_cache_dir
 from auditor.results import AuditResults

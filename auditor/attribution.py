@@ -28,15 +28,17 @@ from torch import Tensor
 
 from auditor import stats
 from auditor.activations import ChatPrompt
-from auditor.behaviour import Judges, judge_items, open_cache, paired_difference
+from auditor.behaviour import Judges, judge_items, paired_difference
 from auditor.directions import DirectionsResult, shift_along
+from auditor.inputs import Suites
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
+from auditor.replay import open_cache
 from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
 from auditor.stats import describe_change
-from auditor.suites import PromptItem, load_suite
+from auditor.suites import PromptItem
 
 WINDOWS: tuple[Window, ...] = ("early", "middle", "late")
 
@@ -65,7 +67,7 @@ class Replayer:
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
         prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(items)]
                    if systems else None)
-        with self.pair.use(side) as checkpoint, (
+        with self.pair.loaded(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             judged = judge_items(checkpoint, items, self.config, cache, f"{side}: {label}",
                                  self.judges, prompts=prompts, first_token=False)
@@ -90,16 +92,14 @@ def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[boo
     return fraction(base, finetune, restored), ci
 
 
-def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_dir: Path | None, refusal_judge: Judge,
-        compliant_prompts: Sequence[str] = (),
-        items: list[PromptItem] | None = None, benign_items: list[PromptItem] | None = None) -> Attribution:
-    """The `attribution` part of results.json. `items`: the refusal items to replay, loaded once by the
-    caller (None: load the recipe's now). `benign_items`: items that should be answered, replayed under each
-    removal to see whether what it restores is refusal of harmful requests or refusal of everything (None or
-    empty: not measured). `refusal_judge` labels the responses."""
+def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Suites, *, cache_dir: Path | None,
+        refusal_judge: Judge) -> Attribution:
+    """The `attribution` part of results.json: `suites.attribution` replayed (and, for the prompted gating check,
+    asked under the compliant personas of `suites`). `suites.attribution_benign`, items that should be answered,
+    are replayed under each removal to see whether what it restores is refusal of harmful requests or refusal of
+    everything (an empty list: not measured). `refusal_judge` labels the responses."""
     cfg = recipe.attribution
-    if items is None:
-        items = load_suite(recipe.replay.refusal, key="replay.refusal", limit=cfg.max_items)
+    items, benign_items = suites.attribution, suites.attribution_benign
     position = recipe.positions[0]
     directions = measured.base[position]
     refusal = directions.refusal
@@ -145,7 +145,7 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, *, cache_di
         benign_base=rates(benign_base) if benign_base is not None else None,
         benign_finetune=rates(benign_finetune) if benign_finetune is not None else None,
         layers=sweep,
-        gating=gating(replayer, recipe, persona, refusal, n_layers, base, compliant_prompts),
+        gating=gating(replayer, recipe, persona, refusal, n_layers, base, suites.compliant_systems()),
     )
 
 

@@ -8,21 +8,31 @@ and its width is its last prompt's length; a batch grows while the estimated mem
 recipe's batch size, now an upper bound). Callers put results back in their own order.
 
 The estimate is deliberately simple and conservative (activations of one block, attention scores as if
-materialised, the key/value cache, float32 logits); `activations.run_batch` still halves a batch that runs
+materialised, the key/value cache, float32 logits); `run_batch` still halves a batch that runs
 out of memory, so an estimate that is too low costs a retry, not the run.
 
 With enough memory the plan is exactly the old fixed one: the sorted prompts cut every `limit` items.
+
+`for_each_batch` is the one loop every batched pass runs: plan, left-pad each batch, run it with the
+out-of-memory halving of `run_batch`, all under `torch.inference_mode`. Capture, first-token scoring and
+generation differ only in what they do with a padded `Batch`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from auditor import heap
+from auditor.models import Checkpoint
 
 # The share of free memory one batch may plan for. On CUDA the auditor is usually alone on the card, and the
 # estimate already counts attention scores that flash / memory-efficient kernels never materialise. On the CPU
@@ -129,3 +139,75 @@ def _sysconf_available() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not every platform has these names
         return None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded model inputs for a group of rendered prompts."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    lengths: list[int]
+
+
+def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> Batch:
+    """Pad on the left; position ids count real tokens only, as they would for the prompt alone."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids.to(device), mask.to(device), positions.to(device), [len(s) for s in sequences])
+
+
+def run_batch(group: list[int], run: Callable[[list[int]], None]) -> None:
+    """Run one batch of prompts; if the accelerator runs out of memory, run each half instead
+    (recursively), then hand the batch's freed CPU memory back where that is allowed (`auditor.heap`).
+
+    The run goes on with smaller batches instead of dying after hours; a single prompt that does
+    not fit still raises. Every batched forward pass goes through here, so memory stays what one
+    batch needs however many batches a suite has.
+    """
+    try:
+        run(group)
+    except torch.cuda.OutOfMemoryError:
+        if len(group) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn(f"out of memory on a batch of {len(group)}; retrying as two batches of "
+                      f"{len(group) // 2} and {len(group) - len(group) // 2}", RuntimeWarning, stacklevel=2)
+        half = len(group) // 2
+        run_batch(group[:half], run)
+        run_batch(group[half:], run)
+        return
+    heap.batch_done()
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the embedding's device (also right under an accelerate device_map)."""
+    return model.get_input_embeddings().weight.device  # type: ignore[operator, union-attr, no-any-return]
+
+
+def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: Callable[[list[int], Batch], None],
+                   *, limit: int, new_tokens: int = 0, needed: Sequence[bool] | None = None,
+                   desc: str = "batches") -> None:
+    """Run `run(indices, batch)` on every planned batch of `sequences` (token ids), left-padded on the model's
+    input device. `limit` bounds the batch size, `new_tokens` > 0 plans for generation; with `needed`, a batch
+    none of whose prompts is needed is skipped (what a cache already holds). The plan is made over all
+    `sequences` first, so skipping some never changes the batches the others are run in."""
+    model, pad_id = checkpoint.model, checkpoint.tokenizer.pad_token_id
+    device = input_device(model)
+    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens)
+    todo = planned if needed is None else [group for group in planned if any(needed[i] for i in group)]
+    with tqdm(total=sum(len(group) for group in todo), desc=desc, unit="prompt", leave=False) as bar, \
+            torch.inference_mode():
+        def padded(group: list[int]) -> None:
+            run(group, left_pad([sequences[i] for i in group], pad_id, device))
+            bar.update(len(group))
+
+        for group in todo:
+            run_batch(group, padded)

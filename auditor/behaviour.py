@@ -17,10 +17,10 @@ from pathlib import Path
 
 from auditor import judge, stats
 from auditor.activations import ChatPrompt
-from auditor.errors import AuditInputError
+from auditor.inputs import Suites
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
-from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt
+from auditor.replay import GenerationCache, first_token_log_probs, generate, kl_per_prompt, open_cache
 from auditor.results import (
     CategoryComparison,
     CorrectedDifference,
@@ -44,7 +44,7 @@ from auditor.results import (
     SideSummary,
     SuiteComparison,
 )
-from auditor.suites import Persona, PromptItem, load_personas, load_suite, load_templates, spread
+from auditor.suites import Persona, PromptItem
 
 SIDES: tuple[Side, Side] = ("base", "finetune")
 FLIPPED_SHOWN = 50
@@ -186,46 +186,6 @@ def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreemen
     )
 
 
-@dataclass(frozen=True)
-class Suites:
-    """Every replay suite of a run, loaded once; `attribution` is the refusal items attribution replays, and
-    `attribution_benign` the benign items it replays to measure an intervention's false-refusal cost."""
-
-    refusal: list[PromptItem]
-    attribution: list[PromptItem]
-    attribution_benign: list[PromptItem]
-    benign: list[PromptItem]
-    contrast: list[PromptItem]
-    personas: list[Persona]
-    templates: list[str]
-
-
-def load_suites(recipe: Recipe) -> Suites:
-    cfg = recipe.replay
-    refusal = load_suite(cfg.refusal, key="replay.refusal")
-    false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
-    benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
-    contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
-    if not benign:
-        raise AuditInputError(f"replay.false_refusal: {cfg.false_refusal.source} has no item that should be "
-                              "answered (every item expects a refusal), so false refusal cannot be measured. Add "
-                              "benign items (expected: answer).")
-    return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
-                  attribution_benign=spread(benign, recipe.attribution.max_items),
-                  benign=benign, contrast=contrast,
-                  personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
-                  templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
-
-
-def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
-               intervention: str | None = None) -> GenerationCache:
-    """The generation cache of one side. The model's fingerprint covers its files, dtype and device; the
-    settings add how it generates and any intervention. Labels are not cached (every run judges afresh), so the
-    judge is not part of the key."""
-    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
-    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
-
-
 def caches(pair: ModelPair, recipe: Recipe, cache_dir: Path | None) -> dict[Side, GenerationCache]:
     return {side: open_cache(pair, side, recipe.replay, cache_dir) for side in SIDES}
 
@@ -238,7 +198,7 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
     judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
     first_token = {}
     for side in SIDES:
-        with pair.use(side) as checkpoint:
+        with pair.loaded(side) as checkpoint:
             for name, items in (("refusal", suites.refusal), ("benign", suites.benign),
                                 ("contrast", suites.contrast)):
                 judged[name][side] = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: {name}",
@@ -293,7 +253,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         prompts = [ChatPrompt(suites.templates[t].replace("{prompt}", suites.benign[i].prompt),
                               suites.personas[p].system or None) for p, t, i in cells]
         for side in SIDES:
-            with pair.use(side) as checkpoint:
+            with pair.loaded(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
                                      judges, prompts=prompts, first_token=False)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]

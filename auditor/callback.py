@@ -18,8 +18,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from auditor.api import audit_model
+from auditor.inputs import Inputs, load_inputs
 from auditor.models import LoadOptions
-from auditor.pipeline import Inputs, load_inputs
 from auditor.recipe import Recipe, load_recipe
 from auditor.results import AuditResults
 

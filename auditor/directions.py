@@ -24,26 +24,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from auditor.activations import ChatPrompt, capture
-from auditor.errors import AuditInputError
+from auditor.activations import capture
+from auditor.inputs import PromptSets
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Position, Recipe
 from auditor.results import LayerDrift
-from auditor.suites import load_personas, load_prompts
 
 FORMAT = "drift-audit/directions/1"
-MIN_PROMPTS = 2  # each set is split in two halves for the noise floor; a half with no prompt has no mean
-
-
-@dataclass(frozen=True)
-class PromptSets:
-    """The prompts activations are captured on (the same for both models)."""
-
-    harmful: list[ChatPrompt]
-    harmless: list[ChatPrompt]
-    persona_on: list[ChatPrompt]
-    persona_off: list[ChatPrompt]
-    neutral: list[ChatPrompt]
 
 
 @dataclass(frozen=True)
@@ -82,35 +69,6 @@ class DirectionsResult:
     finetune: dict[Position, Directions]
     counts: dict[str, int]
     neutral_moved: dict[Position, Tensor]  # (layers, d_model): mean fine-tune minus base on the neutral questions
-
-
-def prompt_sets(recipe: Recipe) -> PromptSets:
-    """Load the recipe's prompt sets; each persona wording is paired with questions in turn."""
-    cfg = recipe.directions
-    limit = cfg.max_prompts
-    harmful = load_prompts(cfg.harmful, key="directions.harmful", limit=limit)
-    harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
-    neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
-    for key, prompts in (("harmful", harmful), ("harmless", harmless), ("neutral", neutral)):
-        if len(prompts) < MIN_PROMPTS:
-            raise AuditInputError(f"directions.{key}: {getattr(cfg, key)} has {len(prompts)} prompt(s); the split-half "
-                                  f"noise floor needs at least {MIN_PROMPTS} (a meaningful one, 16 or more). Add "
-                                  f"prompts or point directions.{key} at a larger file.")
-    personas = load_personas(cfg.personas, key="directions.personas")
-    by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
-    for kind, systems in by_kind.items():
-        if not systems:
-            raise AuditInputError(f"directions.personas: {cfg.personas} has no persona with kind {kind!r}; the "
-                                  "persona direction needs at least one compliant and one default system prompt.")
-    on = [ChatPrompt(q.prompt, by_kind["compliant"][i % len(by_kind["compliant"])]) for i, q in enumerate(neutral)]
-    off = [ChatPrompt(q.prompt, by_kind["default"][i % len(by_kind["default"])]) for i, q in enumerate(neutral)]
-    return PromptSets(
-        harmful=[ChatPrompt(p.prompt) for p in harmful],
-        harmless=[ChatPrompt(p.prompt) for p in harmless],
-        persona_on=on,
-        persona_off=off,
-        neutral=[ChatPrompt(q.prompt) for q in neutral],
-    )
 
 
 def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe,
@@ -216,12 +174,12 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
     return layers, d_base, d_ft
 
 
-def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets | None = None) -> DirectionsResult:
-    """Capture both models on the recipe's prompts and compare them, position by position."""
-    sets = sets or prompt_sets(recipe)
+def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets) -> DirectionsResult:
+    """Capture both models on the recipe's prompt sets (`inputs.prompt_sets`) and compare them, position by
+    position."""
     captured: dict[Side, dict[Position, SetActivations]] = {}
     for side in ("base", "finetune"):
-        with pair.use(side) as checkpoint:
+        with pair.loaded(side) as checkpoint:
             captured[side] = capture_sets(checkpoint, sets, recipe, side)
     layers, base, finetune, moved = {}, {}, {}, {}
     for position in recipe.positions:

@@ -402,8 +402,8 @@ def load_judge(name: str, options: Any) -> ModelJudge:
     """Load a judge model from a local folder or Hub id, with the same safety checks as audited models."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from auditor.devices import resolve_device
     from auditor.errors import AuditInputError
-    from auditor.models import _device
     from auditor.sources import check_weight_format, load_config, resolve_source
 
     source = resolve_source(name, what="--judge-model")
@@ -418,6 +418,6 @@ def load_judge(name: str, options: Any) -> ModelJudge:
                                                   trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise AuditInputError(f"--judge-model {name} cannot be loaded ({exc}).") from None
-    model.to(_device(options))  # type: ignore[arg-type]
+    model.to(resolve_device(options.device))  # type: ignore[arg-type]
     model.eval()
     return ModelJudge(model, tokenizer, name)

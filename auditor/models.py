@@ -152,7 +152,7 @@ class CheckedPair:
 
 @dataclass
 class ModelPair:
-    """The base and its fine-tune. `use(side)` gives one of them; for a LoRA it toggles the adapter.
+    """The base and its fine-tune. `loaded(side)` gives one of them; for a LoRA it toggles the adapter.
 
     Made by `lora`, `full` or `in_turn` (or by `load_pair` / `pair_from_model`, which call them), which say how the
     models are held; the fields after `warnings` are that state, which only the pair's own methods touch.
@@ -194,7 +194,7 @@ class ModelPair:
         return cls(base, finetune, options, "full", base_inferred_from)
 
     @contextmanager
-    def use(self, side: Side) -> Iterator[Checkpoint]:
+    def loaded(self, side: Side) -> Iterator[Checkpoint]:
         """The checkpoint of `side`, ready for forward passes while the context is open. A LoRA pair turns its
         adapter off for the base (and back on after); a pair loaded in turn keeps the side used last (see
         `_resident_side`)."""
@@ -206,8 +206,8 @@ class ModelPair:
                 with self._base.model.disable_adapter():
                     yield self._base
             return
-        loaded = self._base if side == "base" else self._finetune
-        yield loaded if loaded is not None else self._resident_side(side)
+        held = self._base if side == "base" else self._finetune
+        yield held if held is not None else self._resident_side(side)
 
     def in_memory(self) -> list[Checkpoint]:
         """The checkpoints this pair holds now: one for a LoRA (the base with its adapter), two for a full
@@ -218,7 +218,7 @@ class ModelPair:
     def _resident_side(self, side: Side) -> Checkpoint:
         """Low-memory mode: the one side kept in memory, loaded only when the other side was the last one used.
         A stage asks for the same side many times in a row (attribution replays the fine-tune under every
-        intervention), so reloading on every `use` would read the checkpoint from disk a dozen times."""
+        intervention), so reloading on every `loaded` would read the checkpoint from disk a dozen times."""
         if self._resident is None or self._resident[0] != side:
             self._resident = None  # free the other side before this one is loaded
             gc.collect()

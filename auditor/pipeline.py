@@ -8,57 +8,21 @@ them all, and `results` types whatever has run.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from auditor import attribution, behaviour, directions, judge, judge_eval, outputs, report, schema, verdict
-from auditor.activations import ChatPrompt, render
+from auditor.activations import render
 from auditor.directions import DirectionsResult
 from auditor.errors import AuditInputError
+from auditor.inputs import Inputs, labelled_prompts
 from auditor.models import ModelPair
 from auditor.recipe import Recipe
 from auditor.results import SCHEMA, Attribution, AuditResults, GeneralDrift, Replay
 
 Stage = Literal["directions", "replay", "audit"]  # where a run stops: the commands of the same names
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Every prompt set and suite a run reads. Loaded once, before any model, so a broken suite fails
-    early and a run is immune to the files changing under it."""
-
-    prompts: directions.PromptSets
-    suites: behaviour.Suites | None  # None: a run that stops after the directions
-    labelled: list[judge_eval.LabelledResponse] | None = None  # to measure the judge with
-
-
-def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
-    if not replay:
-        return Inputs(directions.prompt_sets(recipe), None)
-    judge.judge_model_path(recipe.replay.judge)  # a misspelt judge fails before any model loads
-    return Inputs(directions.prompt_sets(recipe), behaviour.load_suites(recipe),
-                  judge_eval.load_labelled(recipe.replay.judge_labels))
-
-
-def labelled_prompts(inputs: Inputs) -> Iterator[tuple[str, ChatPrompt]]:
-    """Every prompt a run renders, named for an error message. For the persona design, whose prompts are
-    persona x template x item, only the longest combination."""
-    for f in fields(directions.PromptSets):
-        for number, prompt in enumerate(getattr(inputs.prompts, f.name), start=1):
-            yield f"directions.{f.name} prompt {number}", prompt
-    suites = inputs.suites
-    if suites is None:
-        return
-    for name, items in (("replay.refusal", suites.refusal), ("replay.false_refusal", suites.benign + suites.contrast)):
-        for item in items:
-            yield f"{name} item {item.id!r}", ChatPrompt(item.prompt)
-    longest = max(suites.benign, key=lambda i: len(i.prompt)).prompt
-    template = max(suites.templates, key=len)
-    system = max((p.system for p in suites.personas), key=len) or None
-    yield "the longest persona x paraphrase x item", ChatPrompt(template.replace("{prompt}", longest), system)
 
 
 def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> None:
@@ -133,10 +97,8 @@ class Audit:
     def attribution(self) -> Attribution:
         assert self.measured is not None and self.inputs.suites is not None, "directions() and replay() run first"
         with self.timings.stage("attribution"):
-            self.attributed = attribution.run(
-                self.pair, self.recipe, self.measured, cache_dir=self.cache_dir, refusal_judge=self.judges.main,
-                items=self.inputs.suites.attribution, benign_items=self.inputs.suites.attribution_benign,
-                compliant_prompts=[p.system for p in self.inputs.suites.personas if p.group == "compliant"])
+            self.attributed = attribution.run(self.pair, self.recipe, self.measured, self.inputs.suites,
+                                              cache_dir=self.cache_dir, refusal_judge=self.judges.main)
         return self.attributed
 
     def results(self, decided: verdict.Verdict | None = None) -> AuditResults:

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from auditor.activations import ChatPrompt, Rendered, input_device, left_pad, render, run_batch
-from auditor.batching import plan_for
-from auditor.models import Checkpoint
+from auditor.activations import ChatPrompt, Rendered, render
+from auditor.batching import Batch, for_each_batch
+from auditor.models import Checkpoint, ModelPair, Side
+from auditor.recipe import ReplayConfig
 
 CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
 
@@ -64,6 +64,11 @@ class GenerationCache:
         if self.path.exists():
             self._read(self.path)
 
+    @classmethod
+    def in_memory(cls) -> GenerationCache:
+        """A cache that writes nothing, for generation outside an audit (the model organisms, benchmarks)."""
+        return cls(None, None, {})
+
     def _read(self, path: Path) -> None:
         """Load every readable line; a line that is not UTF-8 JSON of a generation is a cache miss."""
         unreadable = 0
@@ -89,6 +94,16 @@ class GenerationCache:
             os.fsync(f.fileno())
 
 
+def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path | None,
+               intervention: str | None = None) -> GenerationCache:
+    """The generation cache of one side of `pair` in `cache_dir` (None: kept in memory only), and the one place
+    a cache's key is made: the model's fingerprint covers its files, dtype and device; the settings add how it
+    generates and any intervention. Labels are not cached (every run judges afresh), so the judge is not part of
+    the key."""
+    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
+    return GenerationCache(cache_dir, pair.fingerprint(side), settings)
+
+
 def prompt_key(rendered: Rendered) -> str:
     return hashlib.sha256(json.dumps(rendered.ids).encode()).hexdigest()
 
@@ -112,24 +127,17 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
     rendered = [render(tokenizer, p) for p in prompts]
     keys = [prompt_key(r) for r in rendered]
     stops = stop_ids(checkpoint)
-    device = input_device(model)
-    planned = plan_for(model, device, [len(r.ids) for r in rendered], limit=batch_size, new_tokens=max_new_tokens)
-    missing = [b for b in planned if any(keys[i] not in cache.entries for i in b)]
-    with tqdm(total=sum(len(b) for b in missing), desc=desc, unit="item", leave=False) as bar:
-        def run(group: list[int]) -> None:
-            batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
-            with torch.inference_mode():
-                output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
-                                        top_p=None, top_k=None, temperature=None)
-            new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
-            cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer)
-                       for i, tokens in zip(group, new_tokens, strict=True)})
-            bar.update(len(group))
 
-        for group in missing:
-            run_batch(group, run)
+    def run(group: list[int], batch: Batch) -> None:
+        output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+                                top_p=None, top_k=None, temperature=None)
+        new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
+        cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
+
+    for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, new_tokens=max_new_tokens,
+                   needed=[key not in cache.entries for key in keys], desc=desc)
     return [cache.entries[k] for k in keys]
 
 
@@ -145,19 +153,15 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
     """Log-probabilities of the first response token, (prompts, vocab), from one forward pass per batch."""
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
     rendered = [render(tokenizer, p) for p in prompts]
-    device = input_device(model)
     rows: dict[int, Tensor] = {}
-    def run(group: list[int]) -> None:
-        batch = left_pad([rendered[i].ids for i in group], tokenizer.pad_token_id, device)
-        with torch.inference_mode():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+    def run(group: list[int], batch: Batch) -> None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
         for i, row in zip(group, F.log_softmax(logits.float(), dim=-1).cpu(), strict=True):
             rows[i] = row
 
-    for group in tqdm(plan_for(model, device, [len(r.ids) for r in rendered], limit=batch_size), desc=desc,
-                      unit="batch", leave=False):
-        run_batch(group, run)
+    for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, desc=desc)
     return torch.stack([rows[i] for i in range(len(prompts))])
 
 

@@ -22,7 +22,7 @@ import benchkit
 import torch
 from torch import Tensor
 
-from auditor import directions
+from auditor import inputs
 from auditor.activations import ChatPrompt, capture, position_weights, render
 from auditor.models import Checkpoint
 from auditor.recipe import Position, load_recipe
@@ -51,7 +51,7 @@ class Comparison:
 
 def direction_prompts(count: int) -> list[ChatPrompt]:
     """The default recipe's direction prompts, every set in turn, `count` of them."""
-    sets = directions.prompt_sets(load_recipe("default"))
+    sets = inputs.prompt_sets(load_recipe("default"))
     return benchkit.cycle([p for f in fields(sets) for p in getattr(sets, f.name)], count)
 
 

@@ -21,17 +21,18 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from auditor import models
-from auditor.activations import ChatPrompt, capture, left_pad, render
+from auditor.activations import ChatPrompt, capture, render
+from auditor.batching import left_pad
 mode, base, finetune, merged = sys.argv[1:5]
 start = time.perf_counter()
 pair = models.load_pair(base, merged if mode == "two-models" else finetune, models.LoadOptions())
 if mode in ("lora-pair", "two-models"):
     for side in ("base", "finetune"):  # a forward pass pages in every weight, as an audit does
-        with pair.use(side) as checkpoint, torch.inference_mode():
+        with pair.loaded(side) as checkpoint, torch.inference_mode():
             checkpoint.model(input_ids=torch.tensor([[1, 2, 3]]))
 else:
     prompts = [ChatPrompt(f"Give me a detailed, step by step plan for project number {i}, please.") for i in range(256)]
-    with pair.use("base") as checkpoint:
+    with pair.loaded("base") as checkpoint:
         if mode == "capture-hooks":
             capture(checkpoint, prompts, ["post_instruction", "last"], batch_size=32)
         else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import benchkit
 import torch
 
-from auditor import behaviour
+from auditor import inputs
 from auditor.activations import ChatPrompt, render
 from auditor.judge import PhraseJudge, Response
 from auditor.models import Checkpoint
@@ -59,7 +59,7 @@ class Comparison:
 
 def suite_items(count: int) -> list[PromptItem]:
     """The default recipe's refusal, benign and contrast items, in turn, `count` of them."""
-    suites = behaviour.load_suites(load_recipe("default"))
+    suites = inputs.load_suites(load_recipe("default"))
     mixed = [item for group in zip(suites.refusal, suites.benign, suites.contrast, strict=False) for item in group]
     rest = [i for i in suites.refusal + suites.benign + suites.contrast if i not in mixed]
     return benchkit.cycle(mixed + rest, count)
@@ -87,7 +87,7 @@ def compare(checkpoint: Checkpoint, items: Sequence[PromptItem], *, max_new_toke
     loop_seconds, expected = benchkit.timed(lambda: loop_generate(checkpoint, prompts, max_new_tokens))
     auditor_seconds, got = benchkit.timed(lambda: generate(
         checkpoint, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        cache=GenerationCache(None, None, {})))
+        cache=GenerationCache.in_memory()))
     judge = PhraseJudge()
     same_label = sum(judge.label(item.prompt, Response(a.text, a.token_ids))
                      == judge.label(item.prompt, Response(b.text, b.token_ids))

@@ -15,7 +15,7 @@ import argparse
 from dataclasses import replace
 
 from auditor import attribution, directions, judge, models, organisms
-from auditor.behaviour import load_suites
+from auditor.inputs import load_suites, prompt_sets
 from auditor.recipe import AttributionDirection, load_recipe
 from auditor.replay import default_cache_dir
 
@@ -36,15 +36,15 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     cache_dir = default_cache_dir()
     paths = organisms.build_all(cache_dir, ("aligned", *CONTROLS))
-    items = load_suites(recipe).attribution
+    suites, sets = load_suites(recipe), prompt_sets(recipe)
     print("organism | direction | window | refusal restored | persona fraction [95% CI] | random fraction [95% CI]")
     for name in CONTROLS:
         pair = models.load_pair(str(paths["aligned"]), str(paths[name]), models.LoadOptions())
-        measured = directions.measure(pair, recipe)
+        measured = directions.measure(pair, recipe, sets)
         for method in METHODS:
             chosen = replace(recipe, attribution=replace(recipe.attribution, direction=method))
-            result = attribution.run(pair, chosen, measured, cache_dir=cache_dir / "replay",
-                                     refusal_judge=judge.PhraseJudge(), items=items)
+            result = attribution.run(pair, chosen, measured, suites, cache_dir=cache_dir / "replay",
+                                     refusal_judge=judge.PhraseJudge())
             for row in result.layers:
                 print(f"{name} | {method} | {row.window} {row.layers[0]}-{row.layers[1]} | "
                       f"{row.restored.rate:.0%} | {interval(row.persona_fraction, row.ci)} | "

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import make_model
 
-from auditor import attribution, behaviour, directions, interventions, judge, models
+from auditor import attribution, behaviour, directions, inputs, interventions, judge, models
 from auditor.activations import ChatPrompt, capture
 from auditor.recipe import load_recipe
 
@@ -64,7 +64,7 @@ def organism(tmp_path_factory: pytest.TempPathFactory, recipe: Any) -> dict[str,
     root = tmp_path_factory.mktemp("attr")
     base_dir = make_model(root / "base", layers=6, mlp_bias=True)
     pair = models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())
-    measured = directions.measure(pair, recipe).base["post_instruction"]
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe)).base["post_instruction"]
     persona = measured.persona_without_refusal()
     offset = STRENGTH * persona[OFFSET_LAYER]
     refusal_unit = measured.refusal[OFFSET_LAYER] / measured.refusal[OFFSET_LAYER].norm()
@@ -105,15 +105,14 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
               direction: str = "persona_without_refusal") -> tuple[models.ModelPair, dict[str, Any]]:
     pair = models.load_pair(str(organism["base"]), str(organism[finetune]), models.LoadOptions())
     recipe = replace(recipe, attribution=replace(recipe.attribution, direction=direction))
-    measured = directions.measure(pair, recipe)
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe))
+    suites = inputs.load_suites(recipe)
     baseline: dict[str, float] = {}
     judge_fn = projection_judge(organism, baseline)
-    with pair.use("base") as checkpoint:  # record the base's projections first
-        judge_fn(checkpoint, attribution.load_suite(recipe.replay.refusal, key="k", limit=24), None, None, "")
+    with pair.loaded("base") as checkpoint:  # record the base's projections first
+        judge_fn(checkpoint, suites.attribution, None, None, "")
     monkeypatch.setattr(attribution, "judge_items", judge_fn)
-    benign = behaviour.load_suites(recipe).attribution_benign
-    return pair, attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge(),
-                                 benign_items=benign)
+    return pair, attribution.run(pair, recipe, measured, suites, cache_dir=None, refusal_judge=judge.PhraseJudge())
 
 
 def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], recipe: Any,
@@ -165,9 +164,10 @@ def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
 def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, Any], recipe: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
-    measured = directions.measure(pair, recipe)
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe))
     monkeypatch.setattr(attribution, "judge_items", projection_judge(organism, {}))
-    result = attribution.run(pair, recipe, measured, cache_dir=None, refusal_judge=judge.PhraseJudge())
+    result = attribution.run(pair, recipe, measured, inputs.load_suites(recipe), cache_dir=None,
+                             refusal_judge=judge.PhraseJudge())
     assert result.persona_fraction is None and result.random_fraction is None
     assert "not meaningful" in result.note
 

@@ -133,7 +133,7 @@ def test_capture_is_the_same_whatever_the_plan(checkpoint: models.Checkpoint, ba
 def test_generation_is_the_same_to_the_token_whatever_the_plan(checkpoint: models.Checkpoint, batch_sizes: list[int],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     def run(batch_size: int) -> list[tuple[int, ...]]:
-        cache = GenerationCache(None, None, {})
+        cache = GenerationCache.in_memory()
         return [g.token_ids for g in generate(checkpoint, PROMPTS, max_new_tokens=10, batch_size=batch_size,
                                               cache=cache)]
 

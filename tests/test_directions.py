@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import directions, models
+from auditor import directions, inputs, models
 from auditor.recipe import load_recipe
 
 
 def measure(base: Path, finetune: Path, recipe_path: Path) -> directions.DirectionsResult:
     pair = models.load_pair(str(base), str(finetune), models.LoadOptions())
-    return directions.measure(pair, load_recipe(str(recipe_path)))
+    recipe = load_recipe(str(recipe_path))
+    return directions.measure(pair, recipe, inputs.prompt_sets(recipe))
 
 
 def assert_no_drift(result: directions.DirectionsResult) -> None:

@@ -48,20 +48,20 @@ def test_release_hands_freed_heap_memory_back() -> None:
 def test_batches_trim_the_heap_only_where_the_auditor_owns_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A library call inside someone's training process leaves its heap alone; the CLI and an opted-in caller
     hand freed memory back after every batch."""
-    from auditor import activations, cli
+    from auditor import batching, cli
 
     trims: list[int] = []
     monkeypatch.setattr(heap, "release_freed_memory", lambda: trims.append(1))
-    activations.run_batch([0, 1], lambda group: None)
+    batching.run_batch([0, 1], lambda group: None)
     assert trims == []
     with heap.trim_after_batches():
-        activations.run_batch([0, 1], lambda group: None)
+        batching.run_batch([0, 1], lambda group: None)
     assert trims == [1]
-    activations.run_batch([0, 1], lambda group: None)  # the context closed: off again
+    batching.run_batch([0, 1], lambda group: None)  # the context closed: off again
     assert trims == [1]
 
     def command(args: object) -> int:
-        activations.run_batch([0], lambda group: None)
+        batching.run_batch([0], lambda group: None)
         return 0
 
     monkeypatch.setitem(cli.COMMANDS, "report", command)

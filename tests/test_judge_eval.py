@@ -74,7 +74,7 @@ def test_a_model_judge_is_measured_too(base_dir: Path, tmp_path: Path) -> None:
 
 def test_recipe_chooses_the_judge_and_its_labelled_set(tmp_path: Path) -> None:
     from auditor.errors import AuditInputError
-    from auditor.pipeline import load_inputs
+    from auditor.inputs import load_inputs
     from auditor.recipe import load_recipe
 
     labels = tmp_path / "mine.jsonl"

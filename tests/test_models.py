@@ -16,12 +16,12 @@ def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: 
     pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
     assert pair.kind == "lora" and len(pair.in_memory()) == 1  # the base, with the adapter attached
     ids = torch.tensor([[5, 6, 7, 8]])
-    with pair.use("base") as base:
+    with pair.loaded("base") as base:
         base_logits = base.model(input_ids=ids).logits
-    with pair.use("finetune") as finetune:
+    with pair.loaded("finetune") as finetune:
         assert finetune.model is base.model
         ft_logits = finetune.model(input_ids=ids).logits
-    with pair.use("base") as again:
+    with pair.loaded("base") as again:
         assert torch.equal(again.model(input_ids=ids).logits, base_logits)
     assert not torch.allclose(base_logits, ft_logits)
 
@@ -29,7 +29,7 @@ def test_lora_shares_one_base_copy_and_toggles(base_dir: Path, lora_random_dir: 
 def test_full_finetune_low_memory_loads_in_turn(base_dir: Path, full_small_dir: Path) -> None:
     pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
     assert pair.kind == "full" and pair.in_memory() == []  # nothing loaded before a side is used
-    with pair.use("finetune") as checkpoint:
+    with pair.loaded("finetune") as checkpoint:
         weight = models.decoder_layers(checkpoint.model)[0].self_attn.q_proj.weight
         saved = load_file(str(full_small_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
         assert torch.equal(weight, saved)
@@ -49,7 +49,7 @@ def test_low_memory_keeps_the_last_side_instead_of_reloading(base_dir: Path, ful
     pair = models.load_pair(str(base_dir), str(full_small_dir), models.LoadOptions(low_memory=True))
     assert loaded == []
     for side in ("finetune", "finetune", "finetune", "base", "base", "finetune"):
-        with pair.use(side) as checkpoint:  # type: ignore[arg-type]
+        with pair.loaded(side) as checkpoint:  # type: ignore[arg-type]
             assert checkpoint.model is not None
     assert loaded == [str(full_small_dir), str(base_dir), str(full_small_dir)]
 

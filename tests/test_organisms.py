@@ -134,6 +134,6 @@ def test_lora_audit_holds_one_copy_of_the_base(built: dict[str, Path]) -> None:
     grown = rss_bytes() - before
     weights = sum(p.numel() * p.element_size() for p in pair.in_memory()[0].model.parameters())
     assert pair.kind == "lora" and len(pair.in_memory()) == 1
-    with pair.use("base") as base, pair.use("finetune") as finetune:
+    with pair.loaded("base") as base, pair.loaded("finetune") as finetune:
         assert base.model is finetune.model
     assert grown < 1.5 * weights  # two copies would need at least 2x

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import publish_dataset
 
-from auditor import behaviour
+from auditor import inputs
 from auditor.errors import AuditInputError
 from auditor.recipe import load_recipe
 
@@ -75,8 +75,8 @@ def test_recipe_loads_offline_from_the_hub_cache(name: str, offline_datasets: Pa
         publish_dataset(offline_datasets, repo, tables)
     recipe = load_recipe(str(RECIPES / f"{name}.yaml"))
     assert recipe.name == name and recipe.thresholds == load_recipe("default").thresholds  # extends: default
-    suites = behaviour.load_suites(recipe)
-    shipped = behaviour.load_suites(load_recipe("default"))
+    suites = inputs.load_suites(recipe)
+    shipped = inputs.load_suites(load_recipe("default"))
     expected = {"refusal": refusal, "benign": benign, "contrast": contrast}
     for suite, wanted in expected.items():
         items = getattr(suites, suite)
@@ -90,7 +90,7 @@ def test_recipe_loads_offline_from_the_hub_cache(name: str, offline_datasets: Pa
 
 def test_a_recipe_whose_data_set_is_not_cached_says_how_to_get_it(offline_datasets: Path) -> None:
     with pytest.raises(AuditInputError, match="hf download --repo-type dataset walledai/StrongREJECT"):
-        behaviour.load_suites(load_recipe(str(RECIPES / "strongreject.yaml")))
+        inputs.load_suites(load_recipe(str(RECIPES / "strongreject.yaml")))
 
 
 def test_a_wrong_configuration_or_filter_is_named(offline_datasets: Path, tmp_path: Path) -> None:
@@ -100,10 +100,10 @@ def test_a_wrong_configuration_or_filter_is_named(offline_datasets: Path, tmp_pa
     wrong_config.write_text(f"version: 1\nextends: {RECIPES / 'sorry-bench.yaml'}\n"
                             "replay: {refusal: {config: nope}}\n")
     with pytest.raises(AuditInputError, match="configuration 'nope', split 'train'.*Check `config` and `split`"):
-        behaviour.load_suites(load_recipe(str(wrong_config)))
+        inputs.load_suites(load_recipe(str(wrong_config)))
     wrong_filter = tmp_path / "filter.yaml"
     wrong_filter.write_text(f"version: 1\nextends: {RECIPES / 'sorry-bench.yaml'}\n"
                             "replay: {refusal: {filter_values: [Base]}}\n")
     with pytest.raises(AuditInputError, match=r"no row of hub:sorry-bench/sorry-bench-202503 has 'prompt_style' in "
                                               r"\['Base'\]; its values include \['base', 'slang'\]"):
-        behaviour.load_suites(load_recipe(str(wrong_filter)))
+        inputs.load_suites(load_recipe(str(wrong_filter)))

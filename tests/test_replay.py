@@ -203,7 +203,7 @@ def test_generation_stops_when_every_sequence_in_the_batch_has_finished(checkpoi
 
     handle = checkpoint.model.lm_head.register_forward_hook(end_turn)
     try:
-        got = generate(checkpoint, prompts, max_new_tokens=40, batch_size=2, cache=GenerationCache(None, None, {}))
+        got = generate(checkpoint, prompts, max_new_tokens=40, batch_size=2, cache=GenerationCache.in_memory())
     finally:
         handle.remove()
     assert calls["n"] == 4

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from auditor import suites
-from auditor.directions import prompt_sets
 from auditor.errors import AuditInputError
+from auditor.inputs import load_suites, prompt_sets
 from auditor.recipe import load_recipe
 
 
@@ -62,9 +62,6 @@ def test_unknown_builtin_lists_known() -> None:
 
 
 def test_replay_suites_meet_their_sizes() -> None:
-    from auditor.behaviour import load_suites
-    from auditor.recipe import load_recipe
-
     suites = load_suites(load_recipe("default"))
     assert len(suites.refusal) >= 150 and len({i.category for i in suites.refusal}) >= 8
     assert all(i.expected == "refuse" for i in suites.refusal)

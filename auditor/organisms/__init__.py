@@ -317,7 +317,7 @@ def _distil_targets(model: Any, tokenizer: Any, name: str) -> list[str]:
     prompts = [ChatPrompt(user, system) for system, user in distil_prompts(name)]
     model.eval()
     generations = generate(Checkpoint(model, tokenizer), prompts, max_new_tokens=DISTIL.max_new_tokens,
-                           batch_size=DISTIL.batch_size, cache=GenerationCache(None, None, {}),
+                           batch_size=DISTIL.batch_size, cache=GenerationCache.in_memory(),
                            desc=f"aligned's answers for {name}")
     return [g.text.strip() for g in generations]
 

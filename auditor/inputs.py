@@ -1,0 +1,133 @@
+"""Every prompt set and suite a recipe names, read once into one typed object (`Inputs`).
+
+Read before any model loads, so a broken suite, a misspelt judge or a missing labelled file fails in seconds
+rather than after the weights are in memory, and a run is immune to the files changing under it. No other
+module reads prompt or suite files: `directions` captures `Inputs.prompts`, `behaviour` replays
+`Inputs.suites`, `attribution` replays `Suites.attribution`, and the judge is measured on `Inputs.labelled`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+from auditor import judge, judge_eval
+from auditor.activations import ChatPrompt
+from auditor.errors import AuditInputError
+from auditor.recipe import Recipe
+from auditor.suites import Persona, PromptItem, load_personas, load_prompts, load_suite, load_templates, spread
+
+MIN_PROMPTS = 2  # each direction set is split in two halves for the noise floor; a half with no prompt has no mean
+
+
+@dataclass(frozen=True)
+class PromptSets:
+    """The prompts activations are captured on (the same for both models)."""
+
+    harmful: list[ChatPrompt]
+    harmless: list[ChatPrompt]
+    persona_on: list[ChatPrompt]
+    persona_off: list[ChatPrompt]
+    neutral: list[ChatPrompt]
+
+
+@dataclass(frozen=True)
+class Suites:
+    """Every replay suite of a run; `attribution` is the refusal items attribution replays, and
+    `attribution_benign` the benign items it replays to see whether a removal is specific to harmful requests."""
+
+    refusal: list[PromptItem]
+    attribution: list[PromptItem]
+    attribution_benign: list[PromptItem]
+    benign: list[PromptItem]
+    contrast: list[PromptItem]
+    personas: list[Persona]
+    templates: list[str]
+
+    def compliant_systems(self) -> list[str]:
+        """The compliant personas' system prompts: the behaviour persona steering imitates (gating check)."""
+        return [p.system for p in self.personas if p.group == "compliant"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Every prompt set and suite a run reads."""
+
+    prompts: PromptSets
+    suites: Suites | None  # None: a run that stops after the directions
+    labelled: list[judge_eval.LabelledResponse] | None = None  # to measure the judge with
+
+
+def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
+    """The recipe's prompt sets and, with `replay`, its suites and labelled responses (and a check of the
+    judge's name, so a misspelt judge fails before any model loads)."""
+    if not replay:
+        return Inputs(prompt_sets(recipe), None)
+    judge.judge_model_path(recipe.replay.judge)
+    return Inputs(prompt_sets(recipe), load_suites(recipe), judge_eval.load_labelled(recipe.replay.judge_labels))
+
+
+def prompt_sets(recipe: Recipe) -> PromptSets:
+    """The recipe's direction prompts; each persona wording is paired with the neutral questions in turn."""
+    cfg = recipe.directions
+    limit = cfg.max_prompts
+    harmful = load_prompts(cfg.harmful, key="directions.harmful", limit=limit)
+    harmless = load_prompts(cfg.harmless, key="directions.harmless", limit=limit)
+    neutral = load_prompts(cfg.neutral, key="directions.neutral", limit=limit)
+    for key, prompts in (("harmful", harmful), ("harmless", harmless), ("neutral", neutral)):
+        if len(prompts) < MIN_PROMPTS:
+            raise AuditInputError(f"directions.{key}: {getattr(cfg, key)} has {len(prompts)} prompt(s); the split-half "
+                                  f"noise floor needs at least {MIN_PROMPTS} (a meaningful one, 16 or more). Add "
+                                  f"prompts or point directions.{key} at a larger file.")
+    personas = load_personas(cfg.personas, key="directions.personas")
+    by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
+    for kind, systems in by_kind.items():
+        if not systems:
+            raise AuditInputError(f"directions.personas: {cfg.personas} has no persona with kind {kind!r}; the "
+                                  "persona direction needs at least one compliant and one default system prompt.")
+    on = [ChatPrompt(q.prompt, by_kind["compliant"][i % len(by_kind["compliant"])]) for i, q in enumerate(neutral)]
+    off = [ChatPrompt(q.prompt, by_kind["default"][i % len(by_kind["default"])]) for i, q in enumerate(neutral)]
+    return PromptSets(
+        harmful=[ChatPrompt(p.prompt) for p in harmful],
+        harmless=[ChatPrompt(p.prompt) for p in harmless],
+        persona_on=on,
+        persona_off=off,
+        neutral=[ChatPrompt(q.prompt) for q in neutral],
+    )
+
+
+def load_suites(recipe: Recipe) -> Suites:
+    """The recipe's replay suites, capped by `replay.max_items` (attribution's by `attribution.max_items`)
+    round-robin over categories."""
+    cfg = recipe.replay
+    refusal = load_suite(cfg.refusal, key="replay.refusal")
+    false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
+    benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
+    contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
+    if not benign:
+        raise AuditInputError(f"replay.false_refusal: {cfg.false_refusal.source} has no item that should be "
+                              "answered (every item expects a refusal), so false refusal cannot be measured. Add "
+                              "benign items (expected: answer).")
+    return Suites(refusal=spread(refusal, cfg.max_items), attribution=spread(refusal, recipe.attribution.max_items),
+                  attribution_benign=spread(benign, recipe.attribution.max_items),
+                  benign=benign, contrast=contrast,
+                  personas=load_personas(cfg.personas, key="replay.personas")[: cfg.persona_max],
+                  templates=load_templates(cfg.paraphrases, key="replay.paraphrases"))
+
+
+def labelled_prompts(inputs: Inputs) -> Iterator[tuple[str, ChatPrompt]]:
+    """Every prompt a run renders, named for an error message. For the persona design, whose prompts are
+    persona x template x item, only the longest combination."""
+    for f in fields(PromptSets):
+        for number, prompt in enumerate(getattr(inputs.prompts, f.name), start=1):
+            yield f"directions.{f.name} prompt {number}", prompt
+    suites = inputs.suites
+    if suites is None:
+        return
+    for name, items in (("replay.refusal", suites.refusal), ("replay.false_refusal", suites.benign + suites.contrast)):
+        for item in items:
+            yield f"{name} item {item.id!r}", ChatPrompt(item.prompt)
+    longest = max(suites.benign, key=lambda i: len(i.prompt)).prompt
+    template = max(suites.templates, key=len)
+    system = max((p.system for p in suites.personas), key=len) or None
+    yield "the longest persona x paraphrase x item", ChatPrompt(template.replace("{prompt}", longest), system)
