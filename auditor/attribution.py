@@ -133,11 +133,12 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
             excess_false_refusal=(paired_difference(benign_base, benign_restored)
                                   if benign_base is not None and benign_restored is not None else None),
         ))
-    chosen = next(row for row in sweep if row.window == cfg.window)
+    chosen, moved = headline(sweep, cfg.window, recipe.thresholds.false_refusal_rise_warn)
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
-            + ("" if meaningful else "; that is within noise, so attribution is not meaningful and is not computed"))
+            + ("" if meaningful else "; that is within noise, so attribution is not meaningful and is not computed")
+            + moved)
     return Attribution(
-        window=cfg.window, layer_range=chosen.layers, direction=cfg.direction,
+        window=chosen.window, layer_range=chosen.layers, direction=cfg.direction,
         persona_fraction=chosen.persona_fraction, ci=chosen.ci,
         random_fraction=chosen.random_fraction, random_ci=chosen.random_ci,
         meaningful=meaningful, note=note, refusal_change=change, p_value=p_value,
@@ -147,6 +148,27 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
         layers=sweep,
         gating=gating(replayer, recipe, persona, refusal, n_layers, base, suites.compliant_systems()),
     )
+
+
+def specific(window: WindowAttribution, limit: float) -> bool:
+    """Whether the removal restores refusal of harmful requests rather than of everything: benign requests are
+    not refused more than by the base by over `limit` at the interval's low end (True when not measured)."""
+    excess = window.excess_false_refusal
+    return excess is None or excess.ci[0] <= limit
+
+
+def headline(sweep: list[WindowAttribution], preferred: Window, limit: float) -> tuple[WindowAttribution, str]:
+    """The window whose fraction is the headline, and a note when it is not the recipe's: the recipe's window,
+    unless its removal is not specific and another window's is; then the specific window whose fraction has
+    the highest interval low end. A removal that makes the model refuse everything says nothing about the
+    persona, so it must not be the number a reviewer reads when a specific one exists."""
+    first = next(row for row in sweep if row.window == preferred)
+    candidates = [row for row in sweep if row.ci is not None and specific(row, limit)]
+    if specific(first, limit) or not candidates:
+        return first, ""
+    best = max(candidates, key=lambda row: row.ci[0] if row.ci else 0.0)
+    return best, (f"; the {preferred} window's removal is not specific (it makes benign requests refused more than by "
+                  f"the base), so the headline is the {best.window} window, the specific removal that restores most")
 
 
 def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor, n_layers: int,

@@ -12,6 +12,7 @@ from tiny import make_model
 from auditor import attribution, behaviour, directions, inputs, interventions, judge, models
 from auditor.activations import ChatPrompt, capture
 from auditor.recipe import load_recipe
+from auditor.results import Difference, Rate, WindowAttribution
 
 OFFSET_LAYER = 4  # in the late window of a 6-layer model
 STRENGTH = 3.0
@@ -187,3 +188,22 @@ def test_intervention_leaves_model_unchanged_even_on_error(organism: dict[str, A
     zero = interventions.window_offsets("zero", organism["persona"], {2: 0.0})
     with interventions.applied(model, zero):
         assert torch.equal(model(input_ids=ids).logits, reference)
+
+
+def window_row(window: str, low: float, excess_low: float | None) -> WindowAttribution:
+    excess = None if excess_low is None else Difference(value=excess_low + 0.1, ci=(excess_low, excess_low + 0.2))
+    return WindowAttribution(window=window, layers=(0, 1), persona_fraction=low + 0.1, ci=(low, low + 0.2),
+                             random_fraction=0.0, random_ci=(0.0, 0.0), restored=Rate.of(5, 10),
+                             random=Rate.of(1, 10), excess_false_refusal=excess)
+
+
+def test_the_headline_window_is_the_recipes_unless_its_removal_makes_everything_refused() -> None:
+    specific_late = [window_row("early", 0.1, 0.0), window_row("middle", 0.7, 0.0), window_row("late", 0.9, 0.05)]
+    assert attribution.headline(specific_late, "late", 0.1) == (specific_late[2], "")
+    unspecific_late = [*specific_late[:2], window_row("late", 0.95, 0.6)]
+    chosen, note = attribution.headline(unspecific_late, "late", 0.1)
+    assert chosen.window == "middle" and "late window's removal is not specific" in note
+    none_specific = [window_row(w, 0.5, 0.6) for w in ("early", "middle", "late")]
+    assert attribution.headline(none_specific, "late", 0.1)[0].window == "late"
+    unmeasured = [window_row(w, 0.5, None) for w in ("early", "middle", "late")]
+    assert attribution.headline(unmeasured, "middle", 0.1) == (unmeasured[1], "")
