@@ -155,7 +155,7 @@ def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
         "refusal_base": replay.refusal.base.rate, "refusal": replay.refusal.finetune.rate,
         "refusal_ci": replay.refusal.finetune.ci,
         "false_refusal": replay.false_refusal.finetune.rate,
-        "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci,
+        "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci, "window": attribution.window,
         "random_fraction": attribution.random_fraction,
         "max_persona_shift": max((row.persona_shift for row in results.layers), key=abs),
         "kl": drift.kl, "reasons": results.reasons,
