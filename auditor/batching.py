@@ -162,7 +162,7 @@ class Batch:
 
     def cache_argument(self) -> dict[str, Any]:
         """The keyword that hands the prefix's cache to `generate` (none without a shared prefix)."""
-        return {} if self.prefix_cache is None else {cache_argument(): self.prefix_cache}
+        return {} if self.prefix_cache is None else {cache_keyword(): self.prefix_cache}
 
 
 def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device, prefix_length: int = 0) -> Batch:
@@ -198,13 +198,13 @@ def prefix_cache(model: Any, prefix: Tensor, rows: int) -> Any:
     """The keys and values of `prefix` (1, P), computed in one pass of batch 1 through the decoder blocks (the
     language-model head has nothing to predict there) and repeated to `rows`."""
     output = model.get_decoder()(input_ids=prefix, use_cache=True)
-    cache = getattr(output, cache_argument())
+    cache = getattr(output, cache_keyword())
     cache.batch_repeat_interleave(rows)
     return cache
 
 
 @functools.cache
-def cache_argument() -> str:
+def cache_keyword() -> str:
     """The keyword transformers takes a key/value cache under (and returns it as): `cache` in 5.x, `past_key_values`
     before. Read from the signature, not the version, and only when needed: importing transformers is slow."""
     from transformers import GenerationMixin

@@ -4,6 +4,8 @@ Batches are planned once over the whole prompt list (sorted by length; `auditor.
 resumed run with as much free memory forms exactly the same batches as an uninterrupted one and greedy
 decoding gives identical tokens. (With less free memory it forms smaller batches; on the tiny test models
 a prompt's tokens do not depend on its batch, but in low-precision arithmetic a near-tie could.)
+A prefix every prompt of a batch shares (a system block, a persona) is computed once for the batch; its logits
+differ from the whole prompts' only in the last float bits, and the tokens are the same (tests/test_replay.py).
 Each finished batch is appended to the cache and synced to disk before the next starts: an
 interrupted run loses at most the batch in flight.
 """
