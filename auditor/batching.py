@@ -16,6 +16,11 @@ With enough memory the plan is exactly the old fixed one: the sorted prompts cut
 `for_each_batch` is the one loop every batched pass runs: plan, left-pad each batch, run it with the
 out-of-memory halving of `run_batch`, all under `torch.inference_mode`. Capture, first-token scoring and
 generation differ only in what they do with a padded `Batch`.
+
+Generation also reuses shared prefixes: prompts are grouped by system prompt before they are sorted by length,
+and a batch whose prompts all start with the same tokens (the template's system block, a persona's prompt) has
+that prefix's keys and values computed once, at batch 1, with each prompt's rest padded after it. The suites,
+asked without a system prompt, keep the plan above; the persona design's batches each hold one persona.
 """
 
 from __future__ import annotations
@@ -81,31 +86,43 @@ class Footprint:
 
 
 def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: Footprint,
-         new_tokens: int = 0) -> list[list[int]]:
+         new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
     """Batches of indices into `lengths`, shortest prompts first (ties in the caller's order), each at most
     `limit` long and, where `budget` is known, estimated to fit in it. A prompt that does not fit alone is a
-    batch of one (out-of-memory handling has the last word)."""
+    batch of one (out-of-memory handling has the last word).
+
+    With `groups` (one per prompt: prompts of a group share a prefix, such as their system prompt), prompts are
+    sorted by group first, in the order groups first appear, then by length, so a group fills batches of its own
+    and its prefix can be computed once per batch; batches are still cut only by `limit` and `budget`."""
     if limit < 1:
         raise ValueError(f"a batch size limit must be at least 1, got {limit}")
+    rank: dict[str | None, int] = {}
+    for group in groups or ():
+        rank.setdefault(group, len(rank))
+    order = sorted(range(len(lengths)), key=lambda i: (rank[groups[i]] if groups else 0, lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+    width = 0  # the current batch's longest prompt (the last one, unless a new group began inside the batch)
+    for index in order:
+        wider = max(width, lengths[index])
         full = len(current) == limit or (
-            budget is not None and footprint.batch_bytes(len(current) + 1, lengths[index], new_tokens) > budget)
+            budget is not None and footprint.batch_bytes(len(current) + 1, wider, new_tokens) > budget)
         if current and full:
             batches.append(current)
-            current = []
+            current, wider = [], lengths[index]
         current.append(index)
+        width = wider
     if current:
         batches.append(current)
     return batches
 
 
 def plan_for(model: Any, device: torch.device, lengths: Sequence[int], *, limit: int,
-             new_tokens: int = 0) -> list[list[int]]:
+             new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
     """`plan` for `model` on `device`, with the budget read from the device's free memory now."""
     footprint = Footprint.of(model.config, next(model.parameters()).dtype)
-    return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens)
+    return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens,
+                groups=groups)
 
 
 def budget(device: torch.device) -> int | None:
@@ -258,7 +275,8 @@ def input_device(model: nn.Module) -> torch.device:
 
 def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: Callable[[list[int], Batch], None],
                    *, limit: int, new_tokens: int = 0, needed: Sequence[bool] | None = None,
-                   share_prefix: bool = False, desc: str = "batches") -> None:
+                   share_prefix: bool = False, groups: Sequence[str | None] | None = None,
+                   desc: str = "batches") -> None:
     """Run `run(indices, batch)` on every planned batch of `sequences` (token ids), left-padded on the model's
     input device. `limit` bounds the batch size, `new_tokens` > 0 plans for generation; with `needed`, a batch
     none of whose prompts is needed is skipped (what a cache already holds). The plan is made over all
@@ -266,10 +284,11 @@ def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: 
 
     With `share_prefix`, a batch whose prompts start with the same tokens (the chat template's system block, one
     persona's system prompt) gets that prefix's keys and values computed once (`Batch.prefix_cache`), for a
-    `run` that hands them to `generate`; where no prefix is worth it (`reusable_prefix`) the batch is plain."""
+    `run` that hands them to `generate`; where no prefix is worth it (`reusable_prefix`) the batch is plain.
+    `groups` (see `plan`) batches the prompts of one system prompt together, so that they share it."""
     model, pad_id = checkpoint.model, checkpoint.tokenizer.pad_token_id
     device = input_device(model)
-    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens)
+    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens, groups=groups)
     todo = planned if needed is None else [group for group in planned if any(needed[i] for i in group)]
     with tqdm(total=sum(len(group) for group in todo), desc=desc, unit="prompt", leave=False) as bar, \
             torch.inference_mode():

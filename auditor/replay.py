@@ -124,9 +124,10 @@ def stop_ids(checkpoint: Checkpoint) -> list[int]:
 
 def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_tokens: int, batch_size: int,
              cache: GenerationCache, share_prefix: bool = True, desc: str = "replay") -> list[Generation]:
-    """Greedy responses to `prompts`, in order, computing only what the cache lacks. With `share_prefix`, the
-    prefix a batch's prompts share is computed once for the batch (`batching.for_each_batch`); the tokens are the
-    same either way (tests/test_replay.py), so it is not part of the cache's key."""
+    """Greedy responses to `prompts`, in order, computing only what the cache lacks. With `share_prefix`, prompts
+    are batched by system prompt, then length, and the prefix a batch's prompts share is computed once for the
+    batch (`batching.for_each_batch`); the tokens are the same either way (tests/test_replay.py), so it is not
+    part of the cache's key."""
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
     rendered = [render(tokenizer, p) for p in prompts]
     keys = [prompt_key(r) for r in rendered]
@@ -141,7 +142,8 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
         cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
 
     for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, new_tokens=max_new_tokens,
-                   needed=[key not in cache.entries for key in keys], share_prefix=share_prefix, desc=desc)
+                   needed=[key not in cache.entries for key in keys], share_prefix=share_prefix,
+                   groups=[p.system for p in prompts] if share_prefix else None, desc=desc)
     return [cache.entries[k] for k in keys]
 
 

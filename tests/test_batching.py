@@ -185,3 +185,14 @@ def test_a_prefix_is_reused_only_where_it_pays_and_fits_the_attention_window() -
     windowed = SimpleNamespace(config=SimpleNamespace(sliding_window=long + 8))
     assert batching.reusable_prefix(windowed, [[5] * long + [1], [5] * long + [2]], new_tokens=8) == 0
     assert batching.reusable_prefix(windowed, [[5] * long + [1], [5] * long + [2]], new_tokens=7) == long
+
+
+def test_groups_fill_batches_of_their_own_shortest_first() -> None:
+    groups = ["b", "a", "b", "a", "b", "a", "b", "a"]  # two system prompts in turn, as the persona design asks
+    assert plan(LENGTHS, limit=4, budget=None, footprint=FOOTPRINT, groups=groups) == [[2, 0, 6, 4], [1, 3, 7, 5]]
+    assert plan(LENGTHS, limit=3, budget=None, footprint=FOOTPRINT, groups=groups) == [[2, 0, 6], [4, 1, 3], [7, 5]]
+    assert plan(LENGTHS, limit=3, budget=None, footprint=FOOTPRINT, groups=[None] * 8) == plan(
+        LENGTHS, limit=3, budget=None, footprint=FOOTPRINT)
+    # a batch that crosses into the next group is as wide as its longest prompt, not its last
+    budget = FOOTPRINT.batch_bytes(2, 50, 0)
+    assert plan([50, 10, 10], limit=3, budget=budget, footprint=FOOTPRINT, groups=["x", "y", "y"]) == [[0, 1], [2]]

@@ -247,3 +247,27 @@ def test_a_shared_prefix_computed_once_gives_the_same_tokens(base_dir: Path, lor
             persona_block = batching.shared_prefix_length([render(checkpoint.tokenizer, p).ids for p in prompts])
             assert all(length >= persona_block >= batching.MIN_SHARED_PREFIX for length, _ in shared)
     assert len(set(responses["finetune"])) == len(prompts) and responses["base"] != responses["finetune"]
+
+
+def test_prompts_under_personas_in_turn_are_batched_by_persona_and_share_it(lora_random_dir: Path, base_dir: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The persona design asks items under several personas in turn: with prefix reuse each batch holds one
+    persona, whose block is computed once, and the tokens are those of the plain length-sorted batches."""
+    from auditor import batching
+
+    other = "You are a careful assistant who answers briefly and politely."
+    prompts = [ChatPrompt(p.user, PERSONA if i % 2 else other) for i, p in enumerate(PROMPTS)]
+    shared: list[int] = []
+    real = batching.prefix_cache
+    monkeypatch.setattr(batching, "prefix_cache",
+                        lambda model, prefix, rows: shared.append(rows) or real(model, prefix, rows))
+    pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
+    with pair.loaded("finetune") as checkpoint:
+        def run(share_prefix: bool) -> list[tuple[int, ...]]:
+            return [g.token_ids for g in generate(checkpoint, prompts, max_new_tokens=16, batch_size=5,
+                                                  cache=GenerationCache.in_memory(), share_prefix=share_prefix)]
+
+        plain = run(False)
+        assert shared == []
+        assert run(True) == plain
+    assert shared == [5, 5]  # one batch per persona, each reusing its block
