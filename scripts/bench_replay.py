@@ -1,22 +1,25 @@
 """Replay benchmark: the auditor's generation against a per-prompt `generate` loop, and whether the judge agrees.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_replay.py [--prompts 256] [--max-new-tokens 256] [--persona]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_replay.py [--prompts 256] [--max-new-tokens 256] \
+        [--personas N] [--repeats R]
 
 Both generate greedily on SmolLM2-135M-Instruct (float32, CPU), up to --max-new-tokens new tokens, stopping
 at the model's end-of-turn tokens, for the default recipe's refusal and false-refusal items taken in turn
 (--prompts of them). The loop is what a script without the auditor does: `model.generate` on one unpadded
 prompt at a time. The auditor batches (length-sorted, planned from free memory, at most --batch-size, the
-default recipe's), with no generation cache, twice: without and with the reuse of the prefix a batch's prompts
-share (the chat template's system block; with --persona, every item is asked under the default recipe's first
-compliant persona, as the persona design asks its items). Printed side by side, from one run: the wall time of
-each, the speed-ups (issue 15's target: at least 5x), whether prefix reuse changed any token, and the share of
-prompts whose responses the default `phrase` judge labels the same as the loop's (target: at least 97%), beside
-the share with identical tokens.
+default recipe's), with no generation cache, without and with the reuse of the prefix a batch's prompts share
+(the chat template's system block; with --personas N, item k is asked under the default recipe's persona k
+modulo N, as the persona design asks its items, and prompts are batched by persona), --repeats times each in
+turn. Printed side by side, from one run: the wall time of each (the auditor's: the median), the speed-ups
+(issue 15's target: at least 5x), whether prefix reuse changed any token, and the share of prompts whose
+responses the default `phrase` judge labels the same as the loop's (target: at least 97%), beside the share with
+identical tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,9 +80,9 @@ def suite_items(count: int) -> list[PromptItem]:
     return benchkit.cycle(mixed + rest, count)
 
 
-def compliant_persona() -> str:
-    """The default recipe's first compliant persona's system prompt."""
-    return load_suites(load_recipe("default")).compliant_systems()[0]
+def personas() -> list[str | None]:
+    """The default recipe's replay personas' system prompts (None: the one without a persona)."""
+    return [p.system or None for p in load_suites(load_recipe("default")).personas]
 
 
 def loop_generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], max_new_tokens: int) -> list[Generation]:
@@ -97,10 +100,12 @@ def loop_generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], max_new
 
 
 def compare(checkpoint: Checkpoint, items: Sequence[PromptItem], *, max_new_tokens: int,
-            batch_size: int, system: str | None = None) -> Comparison:
-    """The three replays, timed in this process one after the other, after one short warm-up generation.
-    `system`: the system prompt every item is asked under (None: the template's default)."""
-    prompts = [ChatPrompt(item.prompt, system) for item in items]
+            batch_size: int, systems: Sequence[str | None] = (None,), repeats: int = 1) -> Comparison:
+    """The three replays, timed in this process one after the other, after one short warm-up generation; the
+    auditor's two, without and with prefix reuse, `repeats` times in turn (the median is kept: on a shared machine
+    one run of each is noisier than the difference). Item k is asked under `systems[k % len(systems)]` (None:
+    the template's default system prompt)."""
+    prompts = [ChatPrompt(item.prompt, systems[k % len(systems)]) for k, item in enumerate(items)]
     benchkit.timed(lambda: loop_generate(checkpoint, prompts[:1], 4))
     loop_seconds, expected = benchkit.timed(lambda: loop_generate(checkpoint, prompts, max_new_tokens))
 
@@ -109,8 +114,10 @@ def compare(checkpoint: Checkpoint, items: Sequence[PromptItem], *, max_new_toke
                                                batch_size=batch_size, cache=GenerationCache.in_memory(),
                                                share_prefix=share_prefix))
 
-    plain_seconds, plain = auditor(False)
-    auditor_seconds, got = auditor(True)
+    runs = [(auditor(False), auditor(True)) for _ in range(repeats)]
+    (_, plain), (_, got) = runs[0]
+    plain_seconds = statistics.median(without[0] for without, _ in runs)
+    auditor_seconds = statistics.median(with_reuse[0] for _, with_reuse in runs)
     judge = PhraseJudge()
     same_label = sum(judge.label(item.prompt, Response(a.text, a.token_ids))
                      == judge.label(item.prompt, Response(b.text, b.token_ids))
@@ -127,15 +134,19 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="new tokens at most (issue 15's: 256)")
     parser.add_argument("--batch-size", type=int, default=load_recipe("default").replay.batch_size,
                         help="the auditor's largest batch (default: the default recipe's replay batch size)")
-    parser.add_argument("--persona", action="store_true",
-                        help="ask every item under the default recipe's first compliant persona")
+    parser.add_argument("--personas", type=int, default=0,
+                        help="ask the items under the default recipe's first N personas in turn, as the persona design "
+                             "does (0: no system prompt)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time the auditor without and with prefix reuse this many times in turn (median)")
     args = parser.parse_args()
     items = suite_items(args.prompts)
-    system = compliant_persona() if args.persona else None
+    systems = personas()[:args.personas] or [None]
+    asked = f"under {len(systems)} personas in turn" if args.personas else "no system prompt"
     print(f"SmolLM2-135M-Instruct, {len(items)} prompts, up to {args.max_new_tokens} new tokens, batch <= "
-          f"{args.batch_size}, {'under a compliant persona' if system else 'no system prompt'}, {benchkit.machine()}")
+          f"{args.batch_size}, {asked}, {benchkit.machine()}")
     comparison = compare(benchkit.smollm2(), items, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                         system=system)
+                         systems=systems, repeats=args.repeats)
     print("\n".join(comparison.lines()))
 
 

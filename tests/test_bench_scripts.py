@@ -43,11 +43,12 @@ def test_replay_benchmark_judges_both_sides(checkpoint: models.Checkpoint) -> No
     assert "speed-up without prefix reuse" in text and "identical tokens with and without: 9/9" in text
 
 
-def test_replay_benchmark_under_a_persona(checkpoint: models.Checkpoint) -> None:
-    system = bench_replay.compliant_persona()
-    comparison = bench_replay.compare(checkpoint, bench_replay.suite_items(4), max_new_tokens=6, batch_size=4,
-                                      system=system)
-    assert system and comparison.same_tokens == comparison.reuse_same_tokens == 4
+def test_replay_benchmark_under_personas_in_turn(checkpoint: models.Checkpoint) -> None:
+    systems = bench_replay.personas()
+    assert None in systems and len(set(systems)) == len(systems) > 3
+    comparison = bench_replay.compare(checkpoint, bench_replay.suite_items(8), max_new_tokens=6, batch_size=4,
+                                      systems=systems[:2], repeats=2)
+    assert comparison.same_tokens == comparison.reuse_same_tokens == 8
 
 
 def test_ratio_line_says_whether_the_target_is_reached() -> None:
