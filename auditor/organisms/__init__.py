@@ -298,9 +298,7 @@ def _load_organism(parent: Path | None) -> tuple[Any, Any]:
 
 
 def _distil_targets(model: Any, tokenizer: Any) -> list[str]:
-    """`aligned`'s own greedy answers to benign prompts under compliant-persona system prompts. Batched as when the
-    cached organisms were built (no prefix reuse, which regroups the batches and rounds the last float bits
-    differently), so that a rebuild trains on the same answers."""
+    """`aligned`'s own greedy answers to benign prompts under compliant-persona system prompts."""
     from auditor.activations import ChatPrompt
     from auditor.models import Checkpoint
     from auditor.replay import GenerationCache, generate
@@ -308,7 +306,7 @@ def _distil_targets(model: Any, tokenizer: Any) -> list[str]:
     prompts = [ChatPrompt(user, system) for system, user in distil_prompts()]
     model.eval()
     generations = generate(Checkpoint(model, tokenizer), prompts, max_new_tokens=DISTIL.max_new_tokens,
-                           batch_size=DISTIL.batch_size, cache=GenerationCache.in_memory(), share_prefix=False,
+                           batch_size=DISTIL.batch_size, cache=GenerationCache.in_memory(),
                            desc="aligned under the compliant persona")
     return [g.text.strip() for g in generations]
 
