@@ -123,11 +123,12 @@ def stop_ids(checkpoint: Checkpoint) -> list[int]:
 
 
 def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_tokens: int, batch_size: int,
-             cache: GenerationCache, share_prefix: bool = True, desc: str = "replay") -> list[Generation]:
+             cache: GenerationCache, share_prefix: bool = False, desc: str = "replay") -> list[Generation]:
     """Greedy responses to `prompts`, in order, computing only what the cache lacks. With `share_prefix`, prompts
     are batched by system prompt, then length, and the prefix a batch's prompts share is computed once for the
     batch (`batching.for_each_batch`); the tokens are the same either way (tests/test_replay.py), so it is not
-    part of the cache's key."""
+    part of the cache's key. The audit's replay turns it on (`behaviour.judge_items`); other callers, such as the
+    model organisms' distillation, keep the batches they were built with."""
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
     rendered = [render(tokenizer, p) for p in prompts]
     keys = [prompt_key(r) for r in rendered]
