@@ -17,10 +17,11 @@ With enough memory the plan is exactly the old fixed one: the sorted prompts cut
 out-of-memory halving of `run_batch`, all under `torch.inference_mode`. Capture, first-token scoring and
 generation differ only in what they do with a padded `Batch`.
 
-Generation also reuses shared prefixes: prompts are grouped by system prompt before they are sorted by length,
-and a batch whose prompts all start with the same tokens (the template's system block, a persona's prompt) has
-that prefix's keys and values computed once, at batch 1, with each prompt's rest padded after it. The suites,
-asked without a system prompt, keep the plan above; the persona design's batches each hold one persona.
+The audit's generation also reuses shared prefixes (`share_prefix`): prompts are grouped by system prompt
+before they are sorted by length, and a batch whose prompts all start with the same tokens (the template's
+system block, a persona's prompt) has that prefix's keys and values computed once, at batch 1, with each
+prompt's rest padded after it. The suites, asked without a system prompt, keep the plan above; the persona
+design's batches each hold one persona.
 """
 
 from __future__ import annotations
