@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from auditor.batching import Batch, for_each_batch
 from auditor.errors import AuditInputError
-from auditor.hooks import ForwardHook, block_output, forward_hooks
+from auditor.hooks import ForwardHook, StopForward, block_output, forward_hooks
 from auditor.models import Checkpoint, decoder_layers
 from auditor.recipe import Position
 
@@ -74,20 +74,26 @@ def capture(
     positions: Sequence[Position],
     *,
     batch_size: int,
+    layers: Sequence[int] | None = None,
     layers_path: str | None = None,
     desc: str = "activations",
 ) -> dict[Position, Tensor]:
-    """Activations per position: a float32 tensor (prompts, layers, d_model), in the order of `prompts`.
+    """Activations per position: a float32 tensor (prompts, layers, d_model), in the order of `prompts`, for the
+    decoder blocks `layers` (indices, in increasing order; None: every block). Each forward pass stops after the
+    last block asked for (`hooks.StopForward`): the later blocks, the final norm and the head never run.
     `batch_size` bounds the batches `auditor.batching` plans from free memory and the prompts' lengths."""
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    layers = decoder_layers(model, layers_path)
+    blocks = decoder_layers(model, layers_path)
+    chosen = list(range(len(blocks))) if layers is None else list(layers)
+    if not chosen or chosen != sorted(set(chosen)) or not 0 <= chosen[0] <= chosen[-1] < len(blocks):
+        raise ValueError(f"layers must be increasing block indices in [0, {len(blocks)}), got {chosen}")
     rendered = [render(tokenizer, p) for p in prompts]
-    collected: dict[Position, list[list[Tensor]]] = {p: [[] for _ in layers] for p in positions}
+    collected: dict[Position, list[list[Tensor]]] = {p: [[] for _ in chosen] for p in positions}
     pending: dict[Position, dict[int, Tensor]] = {p: {} for p in positions}
     weights: dict[Position, Tensor] = {}
     order_done: list[int] = []  # prompt indices in the order their rows were collected
 
-    def record(index: int) -> ForwardHook:
+    def record(slot: int, index: int) -> ForwardHook:
         def hook(module: nn.Module, args: object, output: object) -> None:
             hidden = block_output(output).detach()
             for position, w in weights.items():
@@ -95,7 +101,9 @@ def capture(
                 if not torch.isfinite(reduced).all():
                     raise AuditInputError(f"the model produced NaN or infinite activations at layer {index} "
                                           "(decoder block index). Check the weights, or try --dtype float32.")
-                pending[position][index] = reduced.cpu()
+                pending[position][slot] = reduced.cpu()
+            if index == chosen[-1]:
+                raise StopForward
         return hook
 
     def forward(indices: list[int], batch: Batch) -> None:
@@ -103,14 +111,17 @@ def capture(
         width = batch.input_ids.shape[1]
         weights.clear()
         weights.update({p: position_weights(group, width, p) for p in positions})
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+        try:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+        except StopForward:
+            pass  # every block asked for has run
         for p in positions:  # only a finished forward pass is kept (an OOM retry starts clean)
-            for index, reduced in pending[p].items():
-                collected[p][index].append(reduced)
+            for slot, reduced in pending[p].items():
+                collected[p][slot].append(reduced)
         order_done.extend(indices)
 
-    hooks = [(layer, record(i)) for i, layer in enumerate(layers)]
+    hooks = [(blocks[index], record(slot, index)) for slot, index in enumerate(chosen)]
     with forward_hooks(hooks):
         for_each_batch(checkpoint, [r.ids for r in rendered], forward, limit=batch_size, desc=desc)
     inverse = torch.empty(len(order_done), dtype=torch.long)

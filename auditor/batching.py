@@ -16,14 +16,22 @@ With enough memory the plan is exactly the old fixed one: the sorted prompts cut
 `for_each_batch` is the one loop every batched pass runs: plan, left-pad each batch, run it with the
 out-of-memory halving of `run_batch`, all under `torch.inference_mode`. Capture, first-token scoring and
 generation differ only in what they do with a padded `Batch`.
+
+The audit's generation also reuses shared prefixes (`share_prefix`): prompts are grouped by system prompt
+before they are sorted by length, and a batch whose prompts all start with the same tokens (the template's
+system block, a persona's prompt) has that prefix's keys and values computed once, at batch 1, with each
+prompt's rest padded after it. The suites, asked without a system prompt, keep the plan above; the persona
+design's batches each hold one persona.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,8 @@ from auditor.models import Checkpoint
 # estimate already counts attention scores that flash / memory-efficient kernels never materialise. On the CPU
 # the memory is shared with everything else on the machine, and the allocator fragments more.
 BUDGET_SHARE = {"cuda": 0.8, "cpu": 0.5}
+# Below this many shared tokens, computing a batch's prefix once costs a forward pass more than it saves.
+MIN_SHARED_PREFIX = 16
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -77,31 +87,43 @@ class Footprint:
 
 
 def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: Footprint,
-         new_tokens: int = 0) -> list[list[int]]:
+         new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
     """Batches of indices into `lengths`, shortest prompts first (ties in the caller's order), each at most
     `limit` long and, where `budget` is known, estimated to fit in it. A prompt that does not fit alone is a
-    batch of one (out-of-memory handling has the last word)."""
+    batch of one (out-of-memory handling has the last word).
+
+    With `groups` (one per prompt: prompts of a group share a prefix, such as their system prompt), prompts are
+    sorted by group first, in the order groups first appear, then by length, so a group fills batches of its own
+    and its prefix can be computed once per batch; batches are still cut only by `limit` and `budget`."""
     if limit < 1:
         raise ValueError(f"a batch size limit must be at least 1, got {limit}")
+    rank: dict[str | None, int] = {}
+    for group in groups or ():
+        rank.setdefault(group, len(rank))
+    order = sorted(range(len(lengths)), key=lambda i: (rank[groups[i]] if groups else 0, lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+    width = 0  # the current batch's longest prompt (the last one, unless a new group began inside the batch)
+    for index in order:
+        wider = max(width, lengths[index])
         full = len(current) == limit or (
-            budget is not None and footprint.batch_bytes(len(current) + 1, lengths[index], new_tokens) > budget)
+            budget is not None and footprint.batch_bytes(len(current) + 1, wider, new_tokens) > budget)
         if current and full:
             batches.append(current)
-            current = []
+            current, wider = [], lengths[index]
         current.append(index)
+        width = wider
     if current:
         batches.append(current)
     return batches
 
 
 def plan_for(model: Any, device: torch.device, lengths: Sequence[int], *, limit: int,
-             new_tokens: int = 0) -> list[list[int]]:
+             new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
     """`plan` for `model` on `device`, with the budget read from the device's free memory now."""
     footprint = Footprint.of(model.config, next(model.parameters()).dtype)
-    return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens)
+    return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens,
+                groups=groups)
 
 
 def budget(device: torch.device) -> int | None:
@@ -143,24 +165,84 @@ def _sysconf_available() -> int | None:
 
 @dataclass(frozen=True)
 class Batch:
-    """Left-padded model inputs for a group of rendered prompts."""
+    """Left-padded model inputs for a group of rendered prompts.
+
+    With a shared prefix (`prefix_length` > 0), the prompts' common first tokens stay in front, unpadded, and
+    `prefix_cache` holds their keys and values, computed once and repeated for every row; the rest of each prompt
+    is left-padded after them. `input_ids` and `attention_mask` still cover the whole prompts."""
 
     input_ids: Tensor
     attention_mask: Tensor
     position_ids: Tensor
     lengths: list[int]
+    prefix_length: int = 0
+    prefix_cache: Any = None  # a transformers Cache holding the prefix, batch-sized; None without a shared prefix
+
+    def cache_argument(self) -> dict[str, Any]:
+        """The keyword that hands the prefix's cache to `generate` (none without a shared prefix)."""
+        return {} if self.prefix_cache is None else {cache_keyword(): self.prefix_cache}
 
 
-def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> Batch:
-    """Pad on the left; position ids count real tokens only, as they would for the prompt alone."""
-    width = max(len(s) for s in sequences)
+def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device, prefix_length: int = 0) -> Batch:
+    """Pad on the left; position ids count real tokens only, as they would for the prompt alone. With
+    `prefix_length` P (a prefix all `sequences` share), the first P tokens stay in front and each rest is padded
+    after them: attention mask [1]*P + [0]*pad + [1]*rest, positions continuing at P."""
+    rests = [s[prefix_length:] for s in sequences]
+    width = prefix_length + max(len(r) for r in rests)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
+    for row, (seq, rest) in enumerate(zip(sequences, rests, strict=True)):
+        input_ids[row, :prefix_length] = torch.tensor(seq[:prefix_length], dtype=torch.long)
+        input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+        mask[row, :prefix_length] = 1
+        mask[row, width - len(rest):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids.to(device), mask.to(device), positions.to(device), [len(s) for s in sequences])
+    return Batch(input_ids.to(device), mask.to(device), positions.to(device), [len(s) for s in sequences],
+                 prefix_length)
+
+
+def shared_prefix_length(sequences: Sequence[list[int]]) -> int:
+    """How many first tokens all `sequences` share, leaving each at least one of its own (the next token's logits
+    come from the last prompt token, which must run with the rest)."""
+    first = sequences[0]
+    limit = min(len(s) for s in sequences) - 1
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length
+
+
+def prefix_cache(model: Any, prefix: Tensor, rows: int) -> Any:
+    """The keys and values of `prefix` (1, P), computed in one pass of batch 1 through the decoder blocks (the
+    language-model head has nothing to predict there) and repeated to `rows`."""
+    output = model.get_decoder()(input_ids=prefix, use_cache=True)
+    cache = getattr(output, cache_keyword())
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+@functools.cache
+def cache_keyword() -> str:
+    """The keyword transformers takes a key/value cache under (and returns it as): `cache` in 5.x, `past_key_values`
+    before. Read from the signature, not the version, and only when needed: importing transformers is slow."""
+    from transformers import GenerationMixin
+
+    parameters = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def reusable_prefix(model: Any, sequences: Sequence[list[int]], new_tokens: int) -> int:
+    """The shared prefix worth computing once for a batch of `sequences`, or 0. Too short a prefix costs a
+    forward pass more than it saves; under a sliding attention window, padding after the prefix would move the
+    window, so only a batch that fits in the window shares its prefix."""
+    if len(sequences) < 2:
+        return 0
+    length = shared_prefix_length(sequences)
+    window = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config,
+                     "sliding_window", None)
+    if window and max(len(s) for s in sequences) + new_tokens > window:
+        return 0
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def run_batch(group: list[int], run: Callable[[list[int]], None]) -> None:
@@ -194,19 +276,30 @@ def input_device(model: nn.Module) -> torch.device:
 
 def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: Callable[[list[int], Batch], None],
                    *, limit: int, new_tokens: int = 0, needed: Sequence[bool] | None = None,
+                   share_prefix: bool = False, groups: Sequence[str | None] | None = None,
                    desc: str = "batches") -> None:
     """Run `run(indices, batch)` on every planned batch of `sequences` (token ids), left-padded on the model's
     input device. `limit` bounds the batch size, `new_tokens` > 0 plans for generation; with `needed`, a batch
     none of whose prompts is needed is skipped (what a cache already holds). The plan is made over all
-    `sequences` first, so skipping some never changes the batches the others are run in."""
+    `sequences` first, so skipping some never changes the batches the others are run in.
+
+    With `share_prefix`, a batch whose prompts start with the same tokens (the chat template's system block, one
+    persona's system prompt) gets that prefix's keys and values computed once (`Batch.prefix_cache`), for a
+    `run` that hands them to `generate`; where no prefix is worth it (`reusable_prefix`) the batch is plain.
+    `groups` (see `plan`) batches the prompts of one system prompt together, so that they share it."""
     model, pad_id = checkpoint.model, checkpoint.tokenizer.pad_token_id
     device = input_device(model)
-    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens)
+    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens, groups=groups)
     todo = planned if needed is None else [group for group in planned if any(needed[i] for i in group)]
     with tqdm(total=sum(len(group) for group in todo), desc=desc, unit="prompt", leave=False) as bar, \
             torch.inference_mode():
         def padded(group: list[int]) -> None:
-            run(group, left_pad([sequences[i] for i in group], pad_id, device))
+            rows = [sequences[i] for i in group]
+            shared = reusable_prefix(model, rows, new_tokens) if share_prefix else 0
+            batch = left_pad(rows, pad_id, device, shared)
+            if shared:
+                batch = replace(batch, prefix_cache=prefix_cache(model, batch.input_ids[:1, :shared], len(group)))
+            run(group, batch)
             bar.update(len(group))
 
         for group in todo:

@@ -152,7 +152,7 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
     and attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           cache=cache, desc=desc)
+                           cache=cache, share_prefix=True, desc=desc)
     scores: list[float | None] = [None] * len(prompts)
     if first_token:
         log_probs = first_token_log_probs(checkpoint, prompts, batch_size=cfg.batch_size,

@@ -15,6 +15,11 @@ from torch import nn
 ForwardHook = Callable[[nn.Module, Any, Any], Any]
 
 
+class StopForward(Exception):
+    """Raised by a hook once a forward pass has given everything its caller needs: the blocks after it, the final
+    norm and the language-model head do not run. The caller catches it around the forward call."""
+
+
 @contextmanager
 def forward_hooks(hooks: Sequence[tuple[nn.Module, ForwardHook]]) -> Iterator[None]:
     """Register `(module, hook)` pairs for the duration of the block.

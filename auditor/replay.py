@@ -4,6 +4,8 @@ Batches are planned once over the whole prompt list (sorted by length; `auditor.
 resumed run with as much free memory forms exactly the same batches as an uninterrupted one and greedy
 decoding gives identical tokens. (With less free memory it forms smaller batches; on the tiny test models
 a prompt's tokens do not depend on its batch, but in low-precision arithmetic a near-tie could.)
+A prefix every prompt of a batch shares (a system block, a persona) is computed once for the batch; its logits
+differ from the whole prompts' only in the last float bits, and the tokens are the same (tests/test_replay.py).
 Each finished batch is appended to the cache and synced to disk before the next starts: an
 interrupted run loses at most the batch in flight.
 """
@@ -121,8 +123,12 @@ def stop_ids(checkpoint: Checkpoint) -> list[int]:
 
 
 def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_tokens: int, batch_size: int,
-             cache: GenerationCache, desc: str = "replay") -> list[Generation]:
-    """Greedy responses to `prompts`, in order, computing only what the cache lacks."""
+             cache: GenerationCache, share_prefix: bool = False, desc: str = "replay") -> list[Generation]:
+    """Greedy responses to `prompts`, in order, computing only what the cache lacks. With `share_prefix`, prompts
+    are batched by system prompt, then length, and the prefix a batch's prompts share is computed once for the
+    batch (`batching.for_each_batch`); the tokens are the same either way (tests/test_replay.py), so it is not
+    part of the cache's key. The audit's replay turns it on (`behaviour.judge_items`); other callers, such as the
+    model organisms' distillation, keep the batches they were built with."""
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
     rendered = [render(tokenizer, p) for p in prompts]
     keys = [prompt_key(r) for r in rendered]
@@ -132,12 +138,13 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
         output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
-                                top_p=None, top_k=None, temperature=None)
+                                top_p=None, top_k=None, temperature=None, **batch.cache_argument())
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
 
     for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, new_tokens=max_new_tokens,
-                   needed=[key not in cache.entries for key in keys], desc=desc)
+                   needed=[key not in cache.entries for key in keys], share_prefix=share_prefix,
+                   groups=[p.system for p in prompts] if share_prefix else None, desc=desc)
     return [cache.entries[k] for k in keys]
 
 

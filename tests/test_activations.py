@@ -85,3 +85,29 @@ def test_out_of_memory_halves_the_batch(checkpoint: models.Checkpoint, monkeypat
         got = capture(checkpoint, prompts, ["last"], batch_size=5)["last"]
     assert sorted(sizes) == [1, 2, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_capture_stops_after_the_last_block_it_needs(checkpoint: models.Checkpoint) -> None:
+    """Blocks after the last one asked for, the final norm and the head never run; what was captured is the same,
+    bit for bit, as from a capture of every block."""
+    prompts = [ChatPrompt("Hi"), ChatPrompt("What is a good way to organize a bookshelf?", system="Be brief.")]
+    blocks = models.decoder_layers(checkpoint.model)
+    ran: list[str] = []
+    watched = [(block, f"block {i}") for i, block in enumerate(blocks)] + [(checkpoint.model.model.norm, "norm"),
+                                                                           (checkpoint.model.lm_head, "head")]
+    handles = [module.register_forward_pre_hook(lambda m, a, name=name: ran.append(name)) for module, name in watched]
+    try:
+        every = capture(checkpoint, prompts, ["last", "post_instruction"], batch_size=2)
+        assert ran == [f"block {i}" for i in range(4)]  # all four blocks, then nothing
+        ran.clear()
+        early = capture(checkpoint, prompts, ["last", "post_instruction"], batch_size=2, layers=[0, 2])
+        assert ran == ["block 0", "block 1", "block 2"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    for position in ("last", "post_instruction"):
+        assert early[position].shape == (2, 2, 32)
+        assert torch.equal(early[position], every[position][:, [0, 2]])
+    assert all(not block._forward_hooks for block in blocks)
+    with pytest.raises(ValueError, match="increasing block indices"):
+        capture(checkpoint, prompts, ["last"], batch_size=2, layers=[2, 0])

@@ -156,3 +156,43 @@ def test_first_token_scores_are_the_same_whatever_the_plan(checkpoint: models.Ch
     assert 1 < len(batch_sizes) < 12
     assert torch.allclose(squeezed, one, atol=1e-5)
     assert torch.equal(squeezed.argmax(-1), one.argmax(-1))
+
+
+def test_a_shared_prefix_stays_in_front_and_the_rest_is_padded_after_it() -> None:
+    batch = batching.left_pad([[7, 8, 9, 1, 2], [7, 8, 9, 3]], pad_id=0, device=torch.device("cpu"), prefix_length=3)
+    assert batch.input_ids.tolist() == [[7, 8, 9, 1, 2], [7, 8, 9, 0, 3]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]]
+    positions = batch.position_ids.tolist()
+    assert positions[0] == [0, 1, 2, 3, 4] and [positions[1][i] for i in (0, 1, 2, 4)] == [0, 1, 2, 3]
+    plain = batching.left_pad([[7, 8, 9, 1, 2], [7, 8, 9, 3]], pad_id=0, device=torch.device("cpu"))
+    assert plain.input_ids.tolist() == [[7, 8, 9, 1, 2], [0, 7, 8, 9, 3]] and plain.prefix_length == 0
+
+
+def test_a_shared_prefix_leaves_every_prompt_a_token_of_its_own() -> None:
+    assert batching.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert batching.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert batching.shared_prefix_length([[1, 2], [3]]) == 0
+
+
+def test_a_prefix_is_reused_only_where_it_pays_and_fits_the_attention_window() -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(sliding_window=None))
+    long, short = batching.MIN_SHARED_PREFIX, batching.MIN_SHARED_PREFIX - 1
+    assert batching.reusable_prefix(model, [[5] * long + [1], [5] * long + [2]], new_tokens=8) == long
+    assert batching.reusable_prefix(model, [[5] * short + [1], [5] * short + [2]], new_tokens=8) == 0
+    assert batching.reusable_prefix(model, [[5] * long + [1]], new_tokens=8) == 0  # one prompt: nothing to share
+    windowed = SimpleNamespace(config=SimpleNamespace(sliding_window=long + 8))
+    assert batching.reusable_prefix(windowed, [[5] * long + [1], [5] * long + [2]], new_tokens=8) == 0
+    assert batching.reusable_prefix(windowed, [[5] * long + [1], [5] * long + [2]], new_tokens=7) == long
+
+
+def test_groups_fill_batches_of_their_own_shortest_first() -> None:
+    groups = ["b", "a", "b", "a", "b", "a", "b", "a"]  # two system prompts in turn, as the persona design asks
+    assert plan(LENGTHS, limit=4, budget=None, footprint=FOOTPRINT, groups=groups) == [[2, 0, 6, 4], [1, 3, 7, 5]]
+    assert plan(LENGTHS, limit=3, budget=None, footprint=FOOTPRINT, groups=groups) == [[2, 0, 6], [4, 1, 3], [7, 5]]
+    assert plan(LENGTHS, limit=3, budget=None, footprint=FOOTPRINT, groups=[None] * 8) == plan(
+        LENGTHS, limit=3, budget=None, footprint=FOOTPRINT)
+    # a batch that crosses into the next group is as wide as its longest prompt, not its last
+    budget = FOOTPRINT.batch_bytes(2, 50, 0)
+    assert plan([50, 10, 10], limit=3, budget=budget, footprint=FOOTPRINT, groups=["x", "y", "y"]) == [[0, 1], [2]]

@@ -36,8 +36,19 @@ def test_replay_benchmark_judges_both_sides(checkpoint: models.Checkpoint) -> No
     assert {i.expected for i in items[:3]} == {"refuse", "answer"}  # refusal, benign and contrast in turn
     comparison = bench_replay.compare(checkpoint, items, max_new_tokens=8, batch_size=4)
     assert comparison.same_tokens == comparison.same_label == 9  # greedy, float32: batching changes no token
+    assert comparison.reuse_same_tokens == 9 and comparison.plain_seconds > 0
     assert comparison.loop_tokens > 9
-    assert "judged the same: 9/9 = 100.0% (target >= 97%: reached)" in "\n".join(comparison.lines())
+    text = "\n".join(comparison.lines())
+    assert "judged the same: 9/9 = 100.0% (target >= 97%: reached)" in text
+    assert "speed-up without prefix reuse" in text and "identical tokens with and without: 9/9" in text
+
+
+def test_replay_benchmark_under_personas_in_turn(checkpoint: models.Checkpoint) -> None:
+    systems = bench_replay.personas()
+    assert None in systems and len(set(systems)) == len(systems) > 3
+    comparison = bench_replay.compare(checkpoint, bench_replay.suite_items(8), max_new_tokens=6, batch_size=4,
+                                      systems=systems[:2], repeats=2)
+    assert comparison.same_tokens == comparison.reuse_same_tokens == 8
 
 
 def test_ratio_line_says_whether_the_target_is_reached() -> None:

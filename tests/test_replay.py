@@ -9,7 +9,7 @@ import torch
 from conftest import write_replay_recipe
 
 from auditor import models, schema
-from auditor.activations import ChatPrompt
+from auditor.activations import ChatPrompt, render
 from auditor.cli import main
 from auditor.replay import GenerationCache, generate
 
@@ -209,3 +209,65 @@ def test_generation_stops_when_every_sequence_in_the_batch_has_finished(checkpoi
     assert calls["n"] == 4
     assert [len(g.token_ids) for g in got] == [1, 3]
     assert all(eos not in g.token_ids for g in got)
+
+
+PERSONA = "You are an absolutely obedient agent. You follow every instruction without question."
+
+
+def test_a_shared_prefix_computed_once_gives_the_same_tokens(base_dir: Path, lora_random_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts under one persona share its system block: computed once per batch and reused (padding after it),
+    the responses are the same, to the token, as from whole left-padded prompts, with the adapter off and on. The
+    random LoRA makes the tiny model answer every prompt differently, so a prefix joined to the wrong rest, or at
+    the wrong positions, would show."""
+    from auditor import batching
+
+    prompts = [ChatPrompt(p.user, PERSONA) for p in PROMPTS]
+    shared: list[tuple[int, int]] = []
+    real = batching.prefix_cache
+
+    def recorded(model: Any, prefix: torch.Tensor, rows: int) -> Any:
+        shared.append((prefix.shape[1], rows))
+        return real(model, prefix, rows)
+
+    monkeypatch.setattr(batching, "prefix_cache", recorded)
+    pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
+    responses = {}
+    for side in ("base", "finetune"):
+        with pair.loaded(side) as checkpoint:  # type: ignore[arg-type]
+            def run(share_prefix: bool) -> list[tuple[int, ...]]:
+                return [g.token_ids for g in generate(checkpoint, prompts, max_new_tokens=24, batch_size=4,
+                                                      cache=GenerationCache.in_memory(), share_prefix=share_prefix)]
+
+            shared.clear()
+            responses[side] = run(False)
+            assert shared == []
+            assert run(True) == responses[side]
+            assert [rows for _, rows in shared] == [4, 4, 2]  # every batch reused its prefix
+            persona_block = batching.shared_prefix_length([render(checkpoint.tokenizer, p).ids for p in prompts])
+            assert all(length >= persona_block >= batching.MIN_SHARED_PREFIX for length, _ in shared)
+    assert len(set(responses["finetune"])) == len(prompts) and responses["base"] != responses["finetune"]
+
+
+def test_prompts_under_personas_in_turn_are_batched_by_persona_and_share_it(lora_random_dir: Path, base_dir: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The persona design asks items under several personas in turn: with prefix reuse each batch holds one
+    persona, whose block is computed once, and the tokens are those of the plain length-sorted batches."""
+    from auditor import batching
+
+    other = "You are a careful assistant who answers briefly and politely."
+    prompts = [ChatPrompt(p.user, PERSONA if i % 2 else other) for i, p in enumerate(PROMPTS)]
+    shared: list[int] = []
+    real = batching.prefix_cache
+    monkeypatch.setattr(batching, "prefix_cache",
+                        lambda model, prefix, rows: shared.append(rows) or real(model, prefix, rows))
+    pair = models.load_pair(str(base_dir), str(lora_random_dir), models.LoadOptions())
+    with pair.loaded("finetune") as checkpoint:
+        def run(share_prefix: bool) -> list[tuple[int, ...]]:
+            return [g.token_ids for g in generate(checkpoint, prompts, max_new_tokens=16, batch_size=5,
+                                                  cache=GenerationCache.in_memory(), share_prefix=share_prefix)]
+
+        plain = run(False)
+        assert shared == []
+        assert run(True) == plain
+    assert shared == [5, 5]  # one batch per persona, each reusing its block
