@@ -154,3 +154,33 @@ def test_lora_audit_holds_one_copy_of_the_base(built: dict[str, Path]) -> None:
     with pair.loaded("base") as base, pair.loaded("finetune") as finetune:
         assert base.model is finetune.model
     assert grown < 1.5 * weights  # two copies would need at least 2x
+
+
+def test_prefix_reuse_gives_the_same_tokens_on_smollm2(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's replay computes a batch's shared prefix once (`share_prefix`); on the real model, base and
+    LoRA fine-tune, with the template's default system block and under a compliant persona, the responses are
+    the same to the token as from whole prompts."""
+    from auditor import batching
+    from auditor.activations import ChatPrompt
+    from auditor.inputs import load_suites
+    from auditor.recipe import load_recipe
+    from auditor.replay import GenerationCache, generate
+
+    suites = load_suites(load_recipe("demo"))
+    persona = next(p.system for p in suites.personas if p.group == "compliant")
+    items = [i.prompt for i in suites.attribution[:24] + suites.attribution_benign[:24]]
+    # One call per system block: a batch that mixes two blocks shares only the template's first tokens.
+    kinds = [[ChatPrompt(text) for text in items], [ChatPrompt(text, persona) for text in items[:24]]]
+    reused: list[int] = []
+    real = batching.prefix_cache
+    monkeypatch.setattr(batching, "prefix_cache",
+                        lambda model, prefix, rows: reused.append(rows) or real(model, prefix, rows))
+    pair = models.load_pair(str(built["aligned"]), str(built["persona-distilled"]), models.LoadOptions())
+    for side in ("base", "finetune"):
+        with pair.loaded(side) as checkpoint:
+            for prompts in kinds:
+                with_reuse, without = ([g.token_ids for g in generate(
+                    checkpoint, prompts, max_new_tokens=32, batch_size=32, cache=GenerationCache.in_memory(),
+                    share_prefix=share)] for share in (True, False))
+                assert with_reuse == without, (side, prompts[0].system)
+    assert sum(reused) == 2 * sum(map(len, kinds))  # every batch of both sides reused its prefix

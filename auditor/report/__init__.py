@@ -35,6 +35,7 @@ def _environment() -> Environment:
     env.filters["ci"] = lambda ci: "n/a" if not ci else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
     env.filters["num"] = lambda v, digits=3: "n/a" if v is None else f"{v:.{digits}g}"
     env.filters["points"] = lambda v: "n/a" if v is None else f"{v * 100:+.1f}"  # a difference of two rates
+    env.filters["points_ci"] = lambda ci: "n/a" if not ci else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
     env.filters["change"] = lambda v: "n/a" if v is None else describe_change(-v)  # fine-tune minus base, in words
     env.filters["outcome"] = outcome
     env.filters["truncate_text"] = lambda text: text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " [...]"
