@@ -101,8 +101,10 @@ def test_negative_control_is_not_attributed_to_persona(demo: dict[str, dict[str,
 
 @pytest.mark.xfail(strict=True, reason="not reached: both move neutral questions along the persona direction "
                    "beyond the split-half noise floor (harmful-sft +0.40 at block 14, floor 0.03; abliterated +1.27 "
-                   "at block 14), as every fine-tune of `aligned` measured does, the benign control included (+0.22 "
-                   "at block 0, floor 0.12)")
+                   "at block 14), as every fine-tune of `aligned` measured does, the benign control included (+0.33 "
+                   "at block 1, floor 0.10) and even the null control self-distilled, taught aligned's own answers "
+                   "(+0.18 at block 29, floor 0.03): the split-half floor is the prompts' sampling noise, not "
+                   "training noise")
 @pytest.mark.parametrize("name", ["harmful-sft", "abliterated"])
 def test_negative_control_persona_shift_is_within_noise(demo: dict[str, dict[str, Any]], name: str) -> None:
     rows = demo[name]["layers"]
