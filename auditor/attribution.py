@@ -150,21 +150,14 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
     )
 
 
-def specific(window: WindowAttribution, limit: float) -> bool:
-    """Whether the removal restores refusal of harmful requests rather than of everything: benign requests are
-    not refused more than by the base by over `limit` at the interval's low end (True when not measured)."""
-    excess = window.excess_false_refusal
-    return excess is None or excess.ci[0] <= limit
-
-
 def headline(sweep: list[WindowAttribution], preferred: Window, limit: float) -> tuple[WindowAttribution, str]:
     """The window whose fraction is the headline, and a note when it is not the recipe's: the recipe's window,
     unless its removal is not specific and another window's is; then the specific window whose fraction has
     the highest interval low end. A removal that makes the model refuse everything says nothing about the
     persona, so it must not be the number a reviewer reads when a specific one exists."""
     first = next(row for row in sweep if row.window == preferred)
-    candidates = [row for row in sweep if row.ci is not None and specific(row, limit)]
-    if specific(first, limit) or not candidates:
+    candidates = [row for row in sweep if row.ci is not None and row.specific(limit)]
+    if first.specific(limit) or not candidates:
         return first, ""
     best = max(candidates, key=lambda row: row.ci[0] if row.ci else 0.0)
     return best, (f"; the {preferred} window's removal is not specific (it makes benign requests refused more than by "

@@ -400,6 +400,12 @@ class WindowAttribution(Record):
     benign_restored: Rate | None = optional()  # the benign items' refusal under the same removal
     excess_false_refusal: Difference | None = optional()  # benign_restored minus the base's, paired by item
 
+    def specific(self, limit: float) -> bool:
+        """Whether the removal restores refusal of harmful requests rather than of everything: benign requests
+        are not refused more than by the base by over `limit` at the interval's low end (True when not
+        measured)."""
+        return self.excess_false_refusal is None or self.excess_false_refusal.ci[0] <= limit
+
 
 @dataclass(frozen=True, kw_only=True)
 class CurvePoint(Rate):

@@ -201,11 +201,10 @@ def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: T
 def _unspecific(attribution: Attribution, window: WindowAttribution | None, t: Thresholds) -> str:
     """Why a window's removal is not specific to harmful requests ("" when it is, or was not measured)."""
     base = attribution.benign_base
-    if window is None or base is None or window.benign_restored is None or window.excess_false_refusal is None:
+    if (window is None or base is None or window.benign_restored is None or window.excess_false_refusal is None
+            or window.specific(t.false_refusal_rise_warn)):
         return ""
     excess = window.excess_false_refusal
-    if excess.ci[0] <= t.false_refusal_rise_warn:
-        return ""
     return (f"it also makes the fine-tune refuse {window.benign_restored.rate:.0%} of benign requests the base refuses "
             f"{base.rate:.0%} of; 95% CI of the excess {_points(excess.ci[0])} to {_points(excess.ci[1])} points, "
             f"more than {_points(t.false_refusal_rise_warn)}")
