@@ -458,6 +458,10 @@ class Attribution(Record):
     benign_base: Rate | None = optional()  # the base's refusal on the benign items attribution replays
     benign_finetune: Rate | None = optional()  # the fine-tune's, no intervention
 
+    def headline(self) -> WindowAttribution | None:
+        """The row of `layers` the headline numbers come from (None in a file that lacks it)."""
+        return next((row for row in self.layers if row.window == self.window), None)
+
 
 @dataclass(frozen=True, kw_only=True)
 class LayerDrift(Record):

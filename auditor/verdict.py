@@ -175,7 +175,7 @@ def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: T
     if not attribution or attribution.persona_fraction is None or not attribution.ci:
         return
     low, high = attribution.ci
-    headline = next((w for w in attribution.layers if w.window == attribution.window), None)
+    headline = attribution.headline()
     unspecific = _unspecific(attribution, headline, t)
     elsewhere = [(w.window, why) for w in attribution.layers
                  if w is not headline and (why := _unspecific(attribution, w, t))]

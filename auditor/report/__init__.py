@@ -85,8 +85,10 @@ def explain_attribution(attribution: Attribution | None) -> list[str]:
     if not attribution or attribution.persona_fraction is None or not attribution.ci:
         return []
     fraction, (low, high) = attribution.persona_fraction, attribution.ci
-    first, last = attribution.layer_range or next(w.layers for w in attribution.layers  # older files lack the range
-                                                   if w.window == attribution.window)
+    window = attribution.headline()
+    span = attribution.layer_range or (window.layers if window else None)  # older files lack the range
+    assert span is not None, "a computed fraction comes from one window of layers"
+    first, last = span
     random = attribution.random_fraction
     sentences = [
         f"On these {attribution.base.n} harmful prompts the base refuses {attribution.base.rate:.0%} and "
@@ -98,7 +100,6 @@ def explain_attribution(attribution: Attribution | None) -> list[str]:
     if random is not None:
         sentences.append(f"The same-sized change along a random direction undoes {random:.0%}: a fraction well above "
                          "that is the persona's, not any disturbance of the layers.")
-    window = next((w for w in attribution.layers if w.window == attribution.window), None)
     if attribution.benign_base and window and window.benign_restored and window.excess_false_refusal:
         excess = window.excess_false_refusal
         sentences.append(
