@@ -417,7 +417,8 @@ def demo_line(row: dict[str, Any]) -> str:
     fraction = row["persona_fraction"]
     attributed = ("attributable to persona: not meaningful (refusal within noise)" if fraction is None else
                   f"attributable to persona {fraction:.0%} [{row['persona_ci'][0]:.0%}, {row['persona_ci'][1]:.0%}]"
-                  f" ({row['window']} layers), random {row['random_fraction']:.0%}")
+                  f" ({row['window']} layers{', net of benign refusal' if row.get('net') else ''}),"
+                  f" random {row['random_fraction']:.0%}")
     return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}; {attributed}"
 
 

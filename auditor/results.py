@@ -399,12 +399,23 @@ class WindowAttribution(Record):
     offset_norm: float | None = optional()
     benign_restored: Rate | None = optional()  # the benign items' refusal under the same removal
     excess_false_refusal: Difference | None = optional()  # benign_restored minus the base's, paired by item
+    # the fraction net of the refusal the removal adds to benign items, and its interval, simultaneous over windows
+    net_fraction: float | None = optional()
+    net_ci: Interval | None = optional()
 
     def specific(self, limit: float) -> bool:
         """Whether the removal restores refusal of harmful requests rather than of everything: benign requests
         are not refused more than by the base by over `limit` at the interval's low end (True when not
         measured)."""
         return self.excess_false_refusal is None or self.excess_false_refusal.ci[0] <= limit
+
+    def attributable(self) -> tuple[float | None, Interval | None]:
+        """The fraction a verdict may read, with its interval: net of blanket refusal where benign items were
+        replayed (a removal that makes everything refused restores nothing that is the persona's), else the
+        share of the lost refusal restored (files and runs without benign items)."""
+        if self.net_fraction is not None or self.excess_false_refusal is not None:
+            return self.net_fraction, self.net_ci
+        return self.persona_fraction, self.ci
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -457,6 +468,8 @@ class Attribution(Record):
     gating: Gating
     benign_base: Rate | None = optional()  # the base's refusal on the benign items attribution replays
     benign_finetune: Rate | None = optional()  # the fine-tune's, no intervention
+    # whether persona_fraction and ci are net of the removal's benign refusal (WindowAttribution.attributable)
+    net: bool | None = optional()
 
     def headline(self) -> WindowAttribution | None:
         """The row of `layers` the headline numbers come from (None in a file that lacks it)."""

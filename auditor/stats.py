@@ -79,10 +79,17 @@ def bootstrap_ci(statistic: Callable[[list[int]], float | None], n: int, *, reps
 
     Resamples where the statistic is undefined (None) are skipped; None if most are.
     """
+    return bootstrap_ci_samples(lambda idx: statistic(idx[0]), (n,), reps=reps, seed=seed, level=level)
+
+
+def bootstrap_ci_samples(statistic: Callable[[list[list[int]]], float | None], sizes: Sequence[int], *,
+                         reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap over independent samples of items (harmful and benign prompts, say): each resample
+    draws every sample's indices with replacement, and `statistic` gets one index list per sample."""
     rng = random.Random(seed)
     values = []
     for _ in range(reps):
-        value = statistic([rng.randrange(n) for _ in range(n)])
+        value = statistic([[rng.randrange(n) for _ in range(n)] for n in sizes])
         if value is not None and math.isfinite(value):
             values.append(value)
     if len(values) < reps // 2:

@@ -190,20 +190,40 @@ def test_intervention_leaves_model_unchanged_even_on_error(organism: dict[str, A
         assert torch.equal(model(input_ids=ids).logits, reference)
 
 
-def window_row(window: str, low: float, excess_low: float | None) -> WindowAttribution:
-    excess = None if excess_low is None else Difference(value=excess_low + 0.1, ci=(excess_low, excess_low + 0.2))
+def window_row(window: str, low: float, net_low: float | None) -> WindowAttribution:
+    """A row whose plain interval starts at `low` and whose net one (None: no benign items replayed) at `net_low`."""
+    excess = None if net_low is None else Difference(value=0.0, ci=(-0.1, 0.1))
     return WindowAttribution(window=window, layers=(0, 1), persona_fraction=low + 0.1, ci=(low, low + 0.2),
                              random_fraction=0.0, random_ci=(0.0, 0.0), restored=Rate.of(5, 10),
-                             random=Rate.of(1, 10), excess_false_refusal=excess)
+                             random=Rate.of(1, 10), excess_false_refusal=excess,
+                             net_fraction=None if net_low is None else net_low + 0.1,
+                             net_ci=None if net_low is None else (net_low, net_low + 0.2))
 
 
-def test_the_headline_window_is_the_recipes_unless_its_removal_makes_everything_refused() -> None:
-    specific_late = [window_row("early", 0.1, 0.0), window_row("middle", 0.7, 0.0), window_row("late", 0.9, 0.05)]
-    assert attribution.headline(specific_late, "late", 0.1) == (specific_late[2], "")
-    unspecific_late = [*specific_late[:2], window_row("late", 0.95, 0.6)]
-    chosen, note = attribution.headline(unspecific_late, "late", 0.1)
-    assert chosen.window == "middle" and "late window's removal is not specific" in note
-    none_specific = [window_row(w, 0.5, 0.6) for w in ("early", "middle", "late")]
-    assert attribution.headline(none_specific, "late", 0.1)[0].window == "late"
-    unmeasured = [window_row(w, 0.5, None) for w in ("early", "middle", "late")]
-    assert attribution.headline(unmeasured, "middle", 0.1) == (unmeasured[1], "")
+def test_the_headline_window_is_the_one_whose_net_interval_starts_highest() -> None:
+    # the late removal restores most, but its net interval (it also makes benign items refused) starts lower
+    rows = [window_row("early", 0.1, 0.0), window_row("middle", 0.7, 0.6), window_row("late", 1.0, 0.1)]
+    chosen, note = attribution.headline(rows, "late")
+    assert chosen.window == "middle" and "headline is the middle window" in note and "recipe names late" in note
+    assert chosen.attributable() == (0.7, (0.6, 0.8))
+    tied = [window_row(w, 0.5, 0.3) for w in ("early", "middle", "late")]
+    assert attribution.headline(tied, "late") == (tied[2], "")
+    unmeasured = [window_row("early", 0.2, None), window_row("middle", 0.5, None), window_row("late", 0.3, None)]
+    assert attribution.headline(unmeasured, "late")[0].window == "middle"  # the plain interval, without benign items
+    assert unmeasured[1].attributable() == (0.6, (0.5, 0.7))
+
+
+def test_the_net_fraction_discounts_refusal_of_everything() -> None:
+    base, finetune = [True] * 8 + [False] * 2, [False] * 10
+    benign_base = [True] * 2 + [False] * 8
+    # restored to the base on both sets: all of it; harmful refused again but so is every benign item: 20% of it
+    assert attribution.net_fraction(base, finetune, base, benign_base, benign_base) == pytest.approx(1.0)
+    everything = attribution.net_fraction(base, finetune, [True] * 10, benign_base, [True] * 10)
+    assert everything == pytest.approx((1.0 - 0.8) / 0.8)
+    assert attribution.fraction(base, finetune, [True] * 10) == pytest.approx(1.25)
+    # benign items answered more than by the base is no credit: the same as the plain fraction
+    half = [True] * 4 + [False] * 6
+    assert attribution.net_fraction(base, finetune, half, benign_base, [False] * 10) == pytest.approx(0.5)
+    # a rise in refusal: restoring it means refusing less; answering benign items beyond the base is discounted
+    assert attribution.net_fraction(finetune, base, finetune, benign_base, [False] * 10) == pytest.approx(0.75)
+    assert attribution.net_fraction(base, base, base, benign_base, benign_base) is None

@@ -33,6 +33,7 @@ def _environment() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
     env.filters["ci"] = lambda ci: "n/a" if not ci else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+    env.filters["with_ci"] = lambda v, ci: "not computed" if v is None else f"{v:.1%} " + env.filters["ci"](ci)
     env.filters["num"] = lambda v, digits=3: "n/a" if v is None else f"{v:.{digits}g}"
     env.filters["points"] = lambda v: "n/a" if v is None else f"{v * 100:+.1f}"  # a difference of two rates
     env.filters["points_ci"] = lambda ci: "n/a" if not ci else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
@@ -92,22 +93,25 @@ def explain_attribution(attribution: Attribution | None) -> list[str]:
     random = attribution.random_fraction
     sentences = [
         f"On these {attribution.base.n} harmful prompts the base refuses {attribution.base.rate:.0%} and "
-        f"the fine-tune {attribution.finetune.rate:.0%}.",
-        f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, undoes "
-        f"{fraction:.0%} of that change (95% interval {low:.0%} to {high:.0%}). 100% would mean the persona shift "
-        "accounts for the whole change; 0%, that it happens some other way.",
-    ]
+        f"the fine-tune {attribution.finetune.rate:.0%}."]
+    meaning = ("100% would mean the persona shift accounts for the whole change; 0%, that it happens some other way.")
+    benign = attribution.benign_base
+    if attribution.net and benign and window and window.benign_restored and window.persona_fraction is not None:
+        sentences += [
+            f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing else, restores "
+            f"{window.persona_fraction:.0%} of the lost refusal, and makes the fine-tune refuse "
+            f"{window.benign_restored.rate:.0%} of {benign.n} benign requests that the base refuses "
+            f"{benign.rate:.0%} of.",
+            f"Counting only the refusal it restores beyond that rise on benign requests (refusing everything says "
+            f"nothing about the persona), it undoes {fraction:.0%} of the change (95% interval {low:.0%} to "
+            f"{high:.0%}, simultaneous over the three windows). {meaning}"]
+    else:
+        sentences.append(f"Taking the fine-tune's persona shift back out of layers {first}\u2013{last}, and nothing "
+                         f"else, undoes {fraction:.0%} of that change (95% interval {low:.0%} to {high:.0%}). "
+                         + meaning)
     if random is not None:
         sentences.append(f"The same-sized change along a random direction undoes {random:.0%}: a fraction well above "
                          "that is the persona's, not any disturbance of the layers.")
-    if attribution.benign_base and window and window.benign_restored and window.excess_false_refusal:
-        excess = window.excess_false_refusal
-        sentences.append(
-            f"Is what it restores refusal of harmful requests, or of everything? On {attribution.benign_base.n} benign "
-            f"requests the base refuses {attribution.benign_base.rate:.0%}; with the persona shift removed the "
-            f"fine-tune refuses {window.benign_restored.rate:.0%}, {excess.value * 100:+.0f} points against the base "
-            f"(95% interval {excess.ci[0] * 100:+.0f} to {excess.ci[1] * 100:+.0f}). The verdict calls the loss "
-            "persona-driven only when that excess stays within the false-refusal threshold.")
     if attribution.direction == "persona_without_refusal":
         sentences.append("The persona direction is used without its refusal component, so a fine-tune that edits "
                          "refusal directly is not counted as a persona shift.")
@@ -158,7 +162,7 @@ def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
         "refusal_ci": replay.refusal.finetune.ci,
         "false_refusal": replay.false_refusal.finetune.rate,
         "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci, "window": attribution.window,
-        "random_fraction": attribution.random_fraction,
+        "net": bool(attribution.net), "random_fraction": attribution.random_fraction,
         "max_persona_shift": max((row.persona_shift for row in results.layers), key=abs),
         "kl": drift.kl, "reasons": results.reasons,
     }
