@@ -412,8 +412,9 @@ class WindowAttribution(Record):
     def attributable(self) -> tuple[float | None, Interval | None]:
         """The fraction a verdict may read, with its interval: net of blanket refusal where benign items were
         replayed (a removal that makes everything refused restores nothing that is the persona's), else the
-        share of the lost refusal restored (files and runs without benign items)."""
-        if self.net_fraction is not None or self.excess_false_refusal is not None:
+        share of the lost refusal restored (files and runs without benign items, and files written before the net
+        fraction existed). Both are undefined together: they share the denominator."""
+        if self.net_fraction is not None:
             return self.net_fraction, self.net_ci
         return self.persona_fraction, self.ci
 

@@ -192,11 +192,11 @@ def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: T
     else:
         cause = "the loss is not persona-driven"
     net = " net of the refusal it adds to benign requests" if attribution.net else ""
-    level_note = "95% CI, simultaneous over the windows" if attribution.net else "95% CI"
+    simultaneous = ", simultaneous over the windows" if attribution.net else ""
     random = attribution.random_fraction
     verdict.add("refusal_cause", level, f"{cause}: removing the fine-tune's persona shift ({attribution.window} "
-                f"layers) restores {attribution.persona_fraction:.0%} of the lost refusal{net} ({level_note} "
-                f"{low:.0%} to {high:.0%}; a random direction of the same size restores "
+                f"layers) restores {attribution.persona_fraction:.0%} of the lost refusal{net} (95% CI "
+                f"{low:.0%} to {high:.0%}{simultaneous}; a random direction of the same size restores "
                 f"{'n/a' if random is None else format(random, '.0%')})")
 
 

@@ -166,7 +166,7 @@ def test_the_cause_reads_the_net_fraction_and_says_so() -> None:
     driven = judged(Thresholds(), results(dropped), with_windows(window("middle", (0.6, 0.9), (-0.1, 0.1))))
     assert "the loss is persona-driven" in driven.reasons[1]
     assert "restores 75% of the lost refusal net of the refusal it adds to benign requests" in driven.reasons[1]
-    assert "simultaneous over the windows" in driven.reasons[1]
+    assert "(95% CI 60% to 90%, simultaneous over the windows;" in driven.reasons[1]
 
 
 def test_no_is_said_only_when_no_window_might_restore_more_or_overshoots() -> None:
