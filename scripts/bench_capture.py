@@ -37,7 +37,7 @@ TARGET = 2.5
 class Comparison:
     """Seconds of the per-prompt loop and of the auditor without and with prefix reuse, and how far apart their
     activations are: each of the auditor's from the loop's (`max_difference`, `reuse_difference`) and the
-    auditor's two from each other (`reuse_change`, over every block)."""
+    auditor's two from each other (`reuse_change`, over every block, beside the largest |activation|)."""
 
     prompts: int
     loop_seconds: float
@@ -46,6 +46,7 @@ class Comparison:
     max_difference: float
     reuse_difference: float
     reuse_change: float
+    largest_activation: float
 
     def lines(self) -> list[str]:
         def timing(name: str, seconds: float) -> str:
@@ -61,7 +62,7 @@ class Comparison:
                 f"largest |difference| from the loop's activations (all blocks but the last): "
                 f"{self.max_difference:.2e} without reuse, {self.reuse_difference:.2e} with it",
                 f"largest |difference| between the auditor's activations without and with reuse: "
-                f"{self.reuse_change:.2e}"]
+                f"{self.reuse_change:.2e} (largest |activation|: {self.largest_activation:.2e})"]
 
 
 def direction_prompts(count: int) -> list[ChatPrompt]:
@@ -93,7 +94,8 @@ def compare(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], batch_size: i
     return Comparison(len(prompts), loop_seconds, auditor_seconds, reuse_seconds,
                       largest_difference(got, expected, blocks=slice(-1)),
                       largest_difference(reused, expected, blocks=slice(-1)),
-                      largest_difference(reused, got, blocks=slice(None)))
+                      largest_difference(reused, got, blocks=slice(None)),
+                      max(float(got[p].abs().max()) for p in POSITIONS))
 
 
 def largest_difference(a: dict[Position, Tensor], b: dict[Position, Tensor], blocks: slice) -> float:
