@@ -180,7 +180,8 @@ class Batch:
     prefix_cache: Any = None  # a transformers Cache holding the prefix, batch-sized; None without a shared prefix
 
     def cache_argument(self) -> dict[str, Any]:
-        """The keyword that hands the prefix's cache to `generate` (none without a shared prefix)."""
+        """The keyword that hands the prefix's cache to `generate` or a forward pass over the rest (none without a
+        shared prefix)."""
         return {} if self.prefix_cache is None else {cache_keyword(): self.prefix_cache}
 
 
