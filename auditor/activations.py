@@ -3,7 +3,9 @@
 Prompts are rendered with the model's own chat template and tokenized once. Batches (`auditor.batching`) are
 left-padded with explicit position ids, so a prompt's activations do not depend on what it is
 batched with. Hooks reduce each block's output to one vector per position kind before the next
-block runs, so memory is (prompts x layers x d_model), never full sequences.
+block runs, so memory is (prompts x layers x d_model), never full sequences. On request (`share_prefix`), a
+prefix a batch's prompts share is run once, as a key/value cache, and only the rest of each prompt through the
+hooks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class Rendered:
     ids: list[int]
     post_start: int
 
+    def first(self, position: Position) -> int:
+        """The first token a position averages over: the last token, or every token from `post_start` on."""
+        return len(self.ids) - 1 if position == "last" else self.post_start
+
 
 def render(tokenizer: object, prompt: ChatPrompt) -> Rendered:
     """Render with the chat template and the generation prompt, as the model sees it in chat."""
@@ -59,11 +65,11 @@ def render(tokenizer: object, prompt: ChatPrompt) -> Rendered:
 
 
 def position_weights(rendered: Sequence[Rendered], width: int, position: Position) -> Tensor:
-    """A (batch, width) matrix whose row averages the chosen token positions of one left-padded prompt."""
+    """A (batch, width) matrix whose row averages the chosen token positions of one prompt ending at the right
+    edge (left-padded, or padded after a shared prefix: `batching.left_pad`)."""
     weights = torch.zeros((len(rendered), width), dtype=torch.float32)
     for row, item in enumerate(rendered):
-        pad = width - len(item.ids)
-        start = width - 1 if position == "last" else pad + item.post_start
+        start = width - len(item.ids) + item.first(position)
         weights[row, start:] = 1.0 / (width - start)
     return weights
 
@@ -76,12 +82,19 @@ def capture(
     batch_size: int,
     layers: Sequence[int] | None = None,
     layers_path: str | None = None,
+    share_prefix: bool = False,
     desc: str = "activations",
 ) -> dict[Position, Tensor]:
     """Activations per position: a float32 tensor (prompts, layers, d_model), in the order of `prompts`, for the
     decoder blocks `layers` (indices, in increasing order; None: every block). Each forward pass stops after the
     last block asked for (`hooks.StopForward`): the later blocks, the final norm and the head never run.
-    `batch_size` bounds the batches `auditor.batching` plans from free memory and the prompts' lengths."""
+    `batch_size` bounds the batches `auditor.batching` plans from free memory and the prompts' lengths.
+
+    With `share_prefix`, prompts are batched by system prompt, and the first tokens a batch's prompts share (the
+    template's system block, a persona) are computed once, at batch 1, as a key/value cache; only the rest of each
+    prompt runs with it, so the hooks see the rest alone. The prefix ends before the first token any requested
+    position averages over (`Rendered.first`), so nothing captured lies in it. The activations differ from a run
+    without reuse only by float rounding (tests/test_activations.py), but they do differ in the last bits."""
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     blocks = decoder_layers(model, layers_path)
     chosen = list(range(len(blocks))) if layers is None else list(layers)
@@ -95,6 +108,8 @@ def capture(
 
     def record(slot: int, index: int) -> ForwardHook:
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if not weights:
+                return  # a shared prefix's own pass (`batching.prefix_cache`): only its keys and values are wanted
             hidden = block_output(output).detach()
             for position, w in weights.items():
                 reduced = torch.einsum("btd,bt->bd", hidden.float(), w.to(hidden.device))
@@ -107,15 +122,20 @@ def capture(
         return hook
 
     def forward(indices: list[int], batch: Batch) -> None:
+        shared = batch.prefix_length  # 0 without a reused prefix; only the columns after it run
         group = [rendered[i] for i in indices]
         width = batch.input_ids.shape[1]
-        weights.clear()
-        weights.update({p: position_weights(group, width, p) for p in positions})
+        # every prompt ends at the right edge, with or without a prefix in front, and no captured token lies in
+        # the prefix (`own_from` below): the columns cut off carry no weight
+        weights.update({p: position_weights(group, width, p)[:, shared:] for p in positions})
         try:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+            model(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids[:, shared:], use_cache=False, logits_to_keep=1,
+                  **batch.cache_argument())
         except StopForward:
             pass  # every block asked for has run
+        finally:
+            weights.clear()
         for p in positions:  # only a finished forward pass is kept (an OOM retry starts clean)
             for slot, reduced in pending[p].items():
                 collected[p][slot].append(reduced)
@@ -123,7 +143,10 @@ def capture(
 
     hooks = [(blocks[index], record(slot, index)) for slot, index in enumerate(chosen)]
     with forward_hooks(hooks):
-        for_each_batch(checkpoint, [r.ids for r in rendered], forward, limit=batch_size, desc=desc)
+        for_each_batch(checkpoint, [r.ids for r in rendered], forward, limit=batch_size, share_prefix=share_prefix,
+                       groups=[p.system for p in prompts] if share_prefix else None,
+                       own_from=[min(r.first(p) for p in positions) for r in rendered] if share_prefix else None,
+                       desc=desc)
     inverse = torch.empty(len(order_done), dtype=torch.long)
     inverse[torch.tensor(order_done, dtype=torch.long)] = torch.arange(len(order_done))
     return {p: torch.stack([torch.cat(per_layer) for per_layer in collected[p]], dim=1)[inverse] for p in positions}

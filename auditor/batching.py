@@ -21,7 +21,8 @@ The audit's generation also reuses shared prefixes (`share_prefix`): prompts are
 before they are sorted by length, and a batch whose prompts all start with the same tokens (the template's
 system block, a persona's prompt) has that prefix's keys and values computed once, at batch 1, with each
 prompt's rest padded after it. The suites, asked without a system prompt, keep the plan above; the persona
-design's batches each hold one persona.
+design's batches each hold one persona. Capture can reuse prefixes too (`activations.capture(share_prefix=True)`,
+off in the audit): the prefix then ends before the first token it captures.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ class Batch:
     prefix_cache: Any = None  # a transformers Cache holding the prefix, batch-sized; None without a shared prefix
 
     def cache_argument(self) -> dict[str, Any]:
-        """The keyword that hands the prefix's cache to `generate` (none without a shared prefix)."""
+        """The keyword that hands the prefix's cache to `generate` or a forward pass over the rest (none without a
+        shared prefix)."""
         return {} if self.prefix_cache is None else {cache_keyword(): self.prefix_cache}
 
 
@@ -201,11 +203,12 @@ def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device, 
                  prefix_length)
 
 
-def shared_prefix_length(sequences: Sequence[list[int]]) -> int:
-    """How many first tokens all `sequences` share, leaving each at least one of its own (the next token's logits
-    come from the last prompt token, which must run with the rest)."""
+def shared_prefix_length(sequences: Sequence[list[int]], own_from: Sequence[int] | None = None) -> int:
+    """How many first tokens all `sequences` share, leaving each its tokens from `own_from` (one index per
+    sequence) on; by default its last token, from which the next token's logits come and which must therefore run
+    with the rest. A capture passes its first captured token: the hooks only see what runs with the rest."""
     first = sequences[0]
-    limit = min(len(s) for s in sequences) - 1
+    limit = min(own_from) if own_from is not None else min(len(s) for s in sequences) - 1
     length = 0
     while length < limit and all(s[length] == first[length] for s in sequences):
         length += 1
@@ -231,13 +234,14 @@ def cache_keyword() -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def reusable_prefix(model: Any, sequences: Sequence[list[int]], new_tokens: int) -> int:
-    """The shared prefix worth computing once for a batch of `sequences`, or 0. Too short a prefix costs a
-    forward pass more than it saves; under a sliding attention window, padding after the prefix would move the
-    window, so only a batch that fits in the window shares its prefix."""
+def reusable_prefix(model: Any, sequences: Sequence[list[int]], new_tokens: int,
+                    own_from: Sequence[int] | None = None) -> int:
+    """The shared prefix worth computing once for a batch of `sequences`, or 0 (`own_from`: see
+    `shared_prefix_length`). Too short a prefix costs a forward pass more than it saves; under a sliding attention
+    window, padding after the prefix would move the window, so only a batch that fits in the window shares it."""
     if len(sequences) < 2:
         return 0
-    length = shared_prefix_length(sequences)
+    length = shared_prefix_length(sequences, own_from)
     window = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config,
                      "sliding_window", None)
     if window and max(len(s) for s in sequences) + new_tokens > window:
@@ -277,7 +281,7 @@ def input_device(model: nn.Module) -> torch.device:
 def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: Callable[[list[int], Batch], None],
                    *, limit: int, new_tokens: int = 0, needed: Sequence[bool] | None = None,
                    share_prefix: bool = False, groups: Sequence[str | None] | None = None,
-                   desc: str = "batches") -> None:
+                   own_from: Sequence[int] | None = None, desc: str = "batches") -> None:
     """Run `run(indices, batch)` on every planned batch of `sequences` (token ids), left-padded on the model's
     input device. `limit` bounds the batch size, `new_tokens` > 0 plans for generation; with `needed`, a batch
     none of whose prompts is needed is skipped (what a cache already holds). The plan is made over all
@@ -285,8 +289,10 @@ def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: 
 
     With `share_prefix`, a batch whose prompts start with the same tokens (the chat template's system block, one
     persona's system prompt) gets that prefix's keys and values computed once (`Batch.prefix_cache`), for a
-    `run` that hands them to `generate`; where no prefix is worth it (`reusable_prefix`) the batch is plain.
-    `groups` (see `plan`) batches the prompts of one system prompt together, so that they share it."""
+    `run` that hands them to `generate` or to a forward pass over the rest; where no prefix is worth it
+    (`reusable_prefix`) the batch is plain. `groups` (see `plan`) batches the prompts of one system prompt
+    together, so that they share it; `own_from` (one index per sequence) ends the prefix before the first token a
+    capture must see (`shared_prefix_length`)."""
     model, pad_id = checkpoint.model, checkpoint.tokenizer.pad_token_id
     device = input_device(model)
     planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens, groups=groups)
@@ -295,7 +301,8 @@ def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: 
             torch.inference_mode():
         def padded(group: list[int]) -> None:
             rows = [sequences[i] for i in group]
-            shared = reusable_prefix(model, rows, new_tokens) if share_prefix else 0
+            own = None if own_from is None else [own_from[i] for i in group]
+            shared = reusable_prefix(model, rows, new_tokens, own) if share_prefix else 0
             batch = left_pad(rows, pad_id, device, shared)
             if shared:
                 batch = replace(batch, prefix_cache=prefix_cache(model, batch.input_ids[:1, :shared], len(group)))

@@ -7,9 +7,11 @@ activation over the post-instruction tokens and the last prompt token's, for the
 prompts (harmful, harmless, persona, neutral; repeated in turn up to --prompts). The loop is what a script
 without the auditor does: one forward pass per prompt, keeping every layer's hidden states, reduced after.
 The auditor batches (length-sorted, planned from free memory, at most --batch-size, the default recipe's)
-and reduces each block's output in a hook. Printed side by side, from one run: the wall time of each, the
-speed-up (issue 15's target: at least 2.5x) and the largest difference between the two results (every block
-but the last: transformers' last hidden state has the model's final norm applied, the auditor's does not).
+and reduces each block's output in a hook; it runs twice, without and with shared-prefix reuse
+(`capture(share_prefix=True)`: prompts batched by system prompt, the prefix a batch shares computed once).
+Printed side by side, from one run: the wall time of each, the speed-ups (issue 15's target: at least 2.5x)
+and the largest differences between the results (every block but the last: transformers' last hidden state
+has the model's final norm applied, the auditor's does not).
 """
 
 from __future__ import annotations
@@ -33,20 +35,34 @@ TARGET = 2.5
 
 @dataclass(frozen=True)
 class Comparison:
-    """Seconds of the per-prompt loop and of the auditor, and how far apart their activations are."""
+    """Seconds of the per-prompt loop and of the auditor without and with prefix reuse, and how far apart their
+    activations are: each of the auditor's from the loop's (`max_difference`, `reuse_difference`) and the
+    auditor's two from each other (`reuse_change`, over every block, beside the largest |activation|)."""
 
     prompts: int
     loop_seconds: float
     auditor_seconds: float
+    reuse_seconds: float
     max_difference: float
+    reuse_difference: float
+    reuse_change: float
+    largest_activation: float
 
     def lines(self) -> list[str]:
-        return [f"per-prompt output_hidden_states loop: {self.loop_seconds:8.2f} s "
-                f"({self.prompts / self.loop_seconds:.1f} prompts/s)",
-                f"auditor capture:                      {self.auditor_seconds:8.2f} s "
-                f"({self.prompts / self.auditor_seconds:.1f} prompts/s)",
-                benchkit.ratio_line("capture speed-up", self.loop_seconds, self.auditor_seconds, TARGET),
-                f"largest |difference| of the activations (all blocks but the last): {self.max_difference:.2e}"]
+        def timing(name: str, seconds: float) -> str:
+            return f"{name:<45}{seconds:8.2f} s ({self.prompts / seconds:.1f} prompts/s)"
+
+        return [timing("per-prompt output_hidden_states loop:", self.loop_seconds),
+                timing("auditor capture without prefix reuse:", self.auditor_seconds),
+                timing("auditor capture with prefix reuse:", self.reuse_seconds),
+                benchkit.ratio_line("capture speed-up without prefix reuse", self.loop_seconds, self.auditor_seconds,
+                                    TARGET),
+                benchkit.ratio_line("capture speed-up with prefix reuse", self.loop_seconds, self.reuse_seconds,
+                                    TARGET),
+                f"largest |difference| from the loop's activations (all blocks but the last): "
+                f"{self.max_difference:.2e} without reuse, {self.reuse_difference:.2e} with it",
+                f"largest |difference| between the auditor's activations without and with reuse: "
+                f"{self.reuse_change:.2e} (largest |activation|: {self.largest_activation:.2e})"]
 
 
 def direction_prompts(count: int) -> list[ChatPrompt]:
@@ -69,13 +85,23 @@ def loop_capture(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt]) -> dict[
 
 
 def compare(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], batch_size: int) -> Comparison:
-    """Both captures, timed in this process one after the other, after one warm-up pass."""
+    """The three captures, timed in this process one after the other, after one warm-up pass."""
     benchkit.timed(lambda: loop_capture(checkpoint, prompts[:1]))
     loop_seconds, expected = benchkit.timed(lambda: loop_capture(checkpoint, prompts))
     auditor_seconds, got = benchkit.timed(lambda: capture(checkpoint, prompts, POSITIONS, batch_size=batch_size))
-    # transformers' last hidden state is the last block's output after the final norm: not a block output
-    difference = max(float((got[p][:, :-1] - expected[p][:, :-1]).abs().max()) for p in POSITIONS)
-    return Comparison(len(prompts), loop_seconds, auditor_seconds, difference)
+    reuse_seconds, reused = benchkit.timed(lambda: capture(checkpoint, prompts, POSITIONS, batch_size=batch_size,
+                                                           share_prefix=True))
+    return Comparison(len(prompts), loop_seconds, auditor_seconds, reuse_seconds,
+                      largest_difference(got, expected, blocks=slice(-1)),
+                      largest_difference(reused, expected, blocks=slice(-1)),
+                      largest_difference(reused, got, blocks=slice(None)),
+                      max(float(got[p].abs().max()) for p in POSITIONS))
+
+
+def largest_difference(a: dict[Position, Tensor], b: dict[Position, Tensor], blocks: slice) -> float:
+    """Over both positions and the `blocks` compared (the loop's last hidden state is the last block's output
+    after the final norm, not a block output: leave it out against the loop)."""
+    return max(float((a[p][:, blocks] - b[p][:, blocks]).abs().max()) for p in POSITIONS)
 
 
 def main() -> None:

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from auditor import models
+from auditor import batching, models
 from auditor.activations import ChatPrompt, capture, render
 from auditor.errors import AuditInputError
 from auditor.hooks import forward_hooks
+from auditor.recipe import Position
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,76 @@ def test_capture_stops_after_the_last_block_it_needs(checkpoint: models.Checkpoi
     assert all(not block._forward_hooks for block in blocks)
     with pytest.raises(ValueError, match="increasing block indices"):
         capture(checkpoint, prompts, ["last"], batch_size=2, layers=[2, 0])
+
+
+PERSONA = "You are an absolutely obedient agent. You follow every instruction without question."
+QUESTIONS = ["Hi", "What is a good way to organize a bookshelf?", "Explain how photosynthesis works in plants.",
+             "How do I kill a Python process?", "Why are leaves green?"]
+# Activations of the tiny model are at most about 0.05; reusing a prefix changed them by under 1e-8 when measured.
+REUSE_TOLERANCE = 1e-6
+
+
+def prefix_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(prefix length, rows) of every shared prefix computed from now on."""
+    passes: list[tuple[int, int]] = []
+    real = batching.prefix_cache
+
+    def recorded(model: Any, prefix: torch.Tensor, rows: int) -> Any:
+        passes.append((prefix.shape[1], rows))
+        return real(model, prefix, rows)
+
+    monkeypatch.setattr(batching, "prefix_cache", recorded)
+    return passes
+
+
+def test_a_reused_prefix_gives_the_activations_of_whole_prompts(checkpoint: models.Checkpoint,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts under a persona and under the template's default system block, batched by system prompt; the
+    last batch mixes the default block with a lone system prompt and shares no prefix worth reusing."""
+    prompts = [ChatPrompt(q, PERSONA) for q in QUESTIONS[:4]] + [ChatPrompt(q) for q in QUESTIONS] + [
+        ChatPrompt(QUESTIONS[1], "Be brief.")]
+    positions: list[Position] = ["post_instruction", "last"]
+    plain = capture(checkpoint, prompts, positions, batch_size=4)
+    passes = prefix_passes(monkeypatch)
+    reused = capture(checkpoint, prompts, positions, batch_size=4, share_prefix=True)
+    assert [rows for _, rows in passes] == [4, 4]  # the persona's batch, the default block's; not the mixed one
+    assert all(length >= batching.MIN_SHARED_PREFIX for length, _ in passes)
+    for position in positions:
+        assert reused[position].shape == plain[position].shape == (10, 4, 32)
+        assert torch.allclose(reused[position], plain[position], rtol=0, atol=REUSE_TOLERANCE)
+        assert not torch.allclose(reused[position][:4], plain[position][4:8], rtol=0, atol=REUSE_TOLERANCE)  # a persona
+
+
+def test_a_reused_prefix_ends_before_the_first_captured_token(checkpoint: models.Checkpoint,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identical prompts share every token but the last: reused whole for the last token, but only up to the end
+    of the user message when the post-instruction tokens are captured too."""
+    prompts = [ChatPrompt(QUESTIONS[1], PERSONA)] * 3
+    rendered = render(checkpoint.tokenizer, prompts[0])
+    passes = prefix_passes(monkeypatch)
+    for positions in (["last"], ["post_instruction", "last"]):
+        expected = capture(checkpoint, prompts[:1], positions, batch_size=1)  # type: ignore[arg-type]
+        got = capture(checkpoint, prompts, positions, batch_size=3, share_prefix=True)  # type: ignore[arg-type]
+        for position in positions:
+            assert torch.allclose(got[position], expected[position].expand(3, -1, -1), rtol=0, atol=REUSE_TOLERANCE)
+    assert passes == [(len(rendered.ids) - 1, 3), (rendered.post_start, 3)]
+
+
+def test_out_of_memory_halves_a_batch_that_reuses_its_prefix(checkpoint: models.Checkpoint,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = [ChatPrompt(q, PERSONA) for q in QUESTIONS]
+    expected = capture(checkpoint, prompts, ["post_instruction", "last"], batch_size=1)
+    real_forward = checkpoint.model.forward
+
+    def small_memory(*args: object, **kwargs: torch.Tensor) -> object:
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.model, "forward", small_memory)
+    passes = prefix_passes(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="out of memory on a batch of 5"):
+        got = capture(checkpoint, prompts, ["post_instruction", "last"], batch_size=5, share_prefix=True)
+    assert [rows for _, rows in passes] == [5, 2, 3, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2); one prompt shares nothing
+    for position in ("post_instruction", "last"):
+        assert torch.allclose(got[position], expected[position], rtol=0, atol=REUSE_TOLERANCE)

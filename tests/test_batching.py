@@ -4,6 +4,7 @@ outputs from capture, generation and first-token scoring whatever batches it pla
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -174,9 +175,18 @@ def test_a_shared_prefix_leaves_every_prompt_a_token_of_its_own() -> None:
     assert batching.shared_prefix_length([[1, 2], [3]]) == 0
 
 
-def test_a_prefix_is_reused_only_where_it_pays_and_fits_the_attention_window() -> None:
-    from types import SimpleNamespace
+def test_a_shared_prefix_ends_before_the_first_token_a_capture_sees() -> None:
+    same = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]
+    assert batching.shared_prefix_length(same, own_from=[2, 3]) == 2
+    assert batching.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]], own_from=[3, 2]) == 2  # they differ first
+    model = SimpleNamespace(config=SimpleNamespace(sliding_window=None))
+    long = [[5] * 20 + [1], [5] * 20 + [1]]
+    assert batching.reusable_prefix(model, long, new_tokens=0) == 20
+    assert batching.reusable_prefix(model, long, new_tokens=0, own_from=[18, 20]) == 18
+    assert batching.reusable_prefix(model, long, new_tokens=0, own_from=[9, 20]) == 0  # too short to pay
 
+
+def test_a_prefix_is_reused_only_where_it_pays_and_fits_the_attention_window() -> None:
     model = SimpleNamespace(config=SimpleNamespace(sliding_window=None))
     long, short = batching.MIN_SHARED_PREFIX, batching.MIN_SHARED_PREFIX - 1
     assert batching.reusable_prefix(model, [[5] * long + [1], [5] * long + [2]], new_tokens=8) == long

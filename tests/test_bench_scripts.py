@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor import models
+from auditor import batching, models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_capture  # noqa: E402
@@ -21,14 +21,23 @@ def checkpoint(base_dir: Path) -> models.Checkpoint:
     return models.load_pair(str(base_dir), str(base_dir), models.LoadOptions()).in_memory()[0]
 
 
-def test_capture_benchmark_compares_equal_activations(checkpoint: models.Checkpoint) -> None:
+def test_capture_benchmark_compares_equal_activations(checkpoint: models.Checkpoint,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     prompts = bench_capture.direction_prompts(10)
     assert len(prompts) == 10 and len(set(prompts)) > 1
+    prefixes: list[int] = []
+    real = batching.prefix_cache
+    monkeypatch.setattr(batching, "prefix_cache",
+                        lambda model, prefix, rows: prefixes.append(rows) or real(model, prefix, rows))
     comparison = bench_capture.compare(checkpoint, prompts, batch_size=4)
+    assert prefixes == [4, 4, 2]  # the template's system block, reused by every batch of the second capture
     assert comparison.prompts == 10 and comparison.loop_seconds > 0 and comparison.auditor_seconds > 0
+    assert comparison.reuse_seconds > 0
     assert comparison.max_difference < 1e-4  # the loop's hidden states reduced = the auditor's hooks
+    assert comparison.reuse_difference < 1e-4 and comparison.reuse_change < 1e-6
     text = "\n".join(comparison.lines())
-    assert "capture speed-up" in text and "target >= 2.5x" in text
+    assert "capture speed-up without prefix reuse" in text and "capture speed-up with prefix reuse" in text
+    assert "target >= 2.5x" in text
 
 
 def test_replay_benchmark_judges_both_sides(checkpoint: models.Checkpoint) -> None:
