@@ -76,7 +76,7 @@ def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe,
     """Capture every prompt set in one model at the recipe's positions."""
     captured = {
         f.name: capture(checkpoint, getattr(sets, f.name), recipe.positions, batch_size=recipe.batch_size,
-                        layers_path=recipe.layers_path, desc=f"{side}: {f.name}")
+                        layers_path=recipe.layers_path, share_prefix=True, desc=f"{side}: {f.name}")
         for f in fields(PromptSets)
     }
     return {pos: SetActivations(**{name: acts[pos] for name, acts in captured.items()}) for pos in recipe.positions}
