@@ -21,8 +21,8 @@ The audit's generation also reuses shared prefixes (`share_prefix`): prompts are
 before they are sorted by length, and a batch whose prompts all start with the same tokens (the template's
 system block, a persona's prompt) has that prefix's keys and values computed once, at batch 1, with each
 prompt's rest padded after it. The suites, asked without a system prompt, keep the plan above; the persona
-design's batches each hold one persona. Capture can reuse prefixes too (`activations.capture(share_prefix=True)`,
-off in the audit): the prefix then ends before the first token it captures.
+design's batches each hold one persona. The audit's direction capture reuses prefixes too
+(`activations.capture(share_prefix=True)`); the prefix then ends before the first token it captures.
 """
 
 from __future__ import annotations
