@@ -426,7 +426,7 @@ def summarize_layers(layers: Sequence[LayerDrift]) -> str:
     """A per-layer table for the terminal; `*` marks a shift beyond its noise floor."""
     lines = ["layer  refusal_cos  persona_cos  persona_shift  refusal_shift"]
     for row in layers:
-        p_mark = "*" if abs(row.persona_shift) > row.persona_shift_floor else " "
+        p_mark = "*" if abs(row.persona_shift) > row.persona_floor() else " "
         r_mark = "*" if abs(row.refusal_shift) > row.refusal_shift_floor else " "
         lines.append(f"{row.layer:>5}  {row.refusal_cos:>11.4f}  {row.persona_cos:>11.4f}  "
                      f"{row.persona_shift:>12.4f}{p_mark}  {row.refusal_shift:>12.4f}{r_mark}")

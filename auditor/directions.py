@@ -10,7 +10,12 @@ Definitions follow docs/ARCHITECTURE.md:
   persona axis as the persona prompt does; `refusal_shift` is the same along r over the harmful
   prompts (negative: the fine-tune's harmful-prompt activations moved toward harmless);
 - noise floors: the same statistics between two random halves of the base model's prompts,
-  repeated over `noise_splits` splits (5th percentile for cosines, 95th of |shift| for shifts).
+  repeated over `noise_splits` splits (5th percentile for cosines, 95th of |shift| for shifts);
+- `persona_shift_drift_floor`: the fine-tune's mean move on the neutral questions measured along
+  directions of ordinary prompt-to-prompt variation (h_i - h_j over every pair of the base's neutral
+  questions) scaled to the persona direction's length, 95th percentile of |shift|. Every fine-tune moves
+  its activations somewhat, a null fine-tune on the model's own answers included; a persona shift means
+  something only where it stands out from what the same move gives along a typical direction.
 
 All means are taken in float64.
 """
@@ -82,6 +87,11 @@ def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe,
     return {pos: SetActivations(**{name: acts[pos] for name, acts in captured.items()}) for pos in recipe.positions}
 
 
+def neutral_move(base: SetActivations, finetune: SetActivations) -> Tensor:
+    """(layers, d_model): the fine-tune's mean activation minus the base's on the neutral questions."""
+    return _mean(finetune.neutral) - _mean(base.neutral)
+
+
 def _mean(x: Tensor) -> Tensor:
     return x.double().mean(dim=0)
 
@@ -108,6 +118,23 @@ def shift_along(moved: Tensor, direction: Tensor) -> Tensor:
     """Per layer: moved . d / |d|^2, for (layers, d_model) tensors; 0 where d is zero."""
     norm2 = (direction * direction).sum(-1)
     return torch.where(norm2 > 0, (moved * direction).sum(-1) / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
+
+
+def drift_floor(base: Tensor, moved: Tensor, direction: Tensor, quantile: float = 0.95) -> Tensor:
+    """Per layer: the `quantile` of |moved . u_hat| / |direction| over u = base_i - base_j for every pair of
+    `base`'s prompts (prompts, layers, d_model); `moved` and `direction` are (layers, d_model). Computed from the
+    prompts' Gram matrices, so the pairs' difference vectors are never held (prompts^2 x layers numbers only)."""
+    h = base.double()
+    along = torch.einsum("pld,ld->pl", h, moved.double())  # (prompts, layers)
+    gram = torch.einsum("pld,qld->lpq", h, h)  # (layers, prompts, prompts)
+    first, second = torch.triu_indices(h.shape[0], h.shape[0], offset=1)
+    squared = gram.diagonal(dim1=1, dim2=2)  # (layers, prompts)
+    distance = (squared[:, first] + squared[:, second] - 2 * gram[:, first, second]).clamp_min(0).sqrt()
+    reach = (along[first] - along[second]).T.abs() / distance.clamp_min(1e-300)  # (layers, pairs)
+    reach = torch.where(distance > 0, reach, torch.zeros_like(reach))
+    length = direction.double().norm(dim=-1)
+    floor = reach.quantile(quantile, dim=1) / length.clamp_min(1e-300)
+    return torch.where(length > 0, floor, torch.zeros_like(floor))
 
 
 @dataclass(frozen=True)
@@ -153,10 +180,11 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
     """Per-layer drift of the fine-tune relative to the base, with the base's noise floor."""
     d_base, d_ft = directions_of(base), directions_of(finetune)
     floor = noise_floor(base, d_base, splits=splits, seed=seed)
+    moved = neutral_move(base, finetune)
     columns = {
         "refusal_cos": cosine(d_base.refusal, d_ft.refusal),
         "persona_cos": cosine(d_base.persona, d_ft.persona),
-        "persona_shift": projection_shift(base.neutral, finetune.neutral, d_base.persona),
+        "persona_shift": shift_along(moved, d_base.persona),
         "refusal_shift": projection_shift(base.harmful, finetune.harmful, d_base.refusal),
         "refusal_cos_floor": floor.refusal_cos,
         "persona_cos_floor": floor.persona_cos,
@@ -166,6 +194,7 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
         "refusal_persona_cos_finetune": cosine(d_ft.refusal, d_ft.persona),
         "refusal_norm_base": d_base.refusal.norm(dim=-1),
         "persona_norm_base": d_base.persona.norm(dim=-1),
+        "persona_shift_drift_floor": drift_floor(base.neutral, moved, d_base.persona),
     }
     layers = [
         LayerDrift(layer=i, **{name: float(values[i]) for name, values in columns.items()})
@@ -187,7 +216,7 @@ def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets) -> DirectionsResu
             captured["base"][position], captured["finetune"][position],
             splits=recipe.directions.noise_splits, seed=recipe.seed,
         )
-        moved[position] = _mean(captured["finetune"][position].neutral) - _mean(captured["base"][position].neutral)
+        moved[position] = neutral_move(captured["base"][position], captured["finetune"][position])
     counts = {f.name: len(getattr(sets, f.name)) for f in fields(PromptSets)}
     return DirectionsResult(layers=layers, base=base, finetune=finetune, counts=counts, neutral_moved=moved)
 

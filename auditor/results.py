@@ -494,6 +494,13 @@ class LayerDrift(Record):
     refusal_persona_cos_finetune: Cosine
     refusal_norm_base: float | None = optional()
     persona_norm_base: float | None = optional()
+    # how far the fine-tune's move on the neutral questions reaches along typical prompt-to-prompt directions
+    persona_shift_drift_floor: float | None = optional()
+
+    def persona_floor(self) -> float:
+        """The floor a persona shift must clear: sampling noise (split halves) or the fine-tune's general drift
+        along a typical direction, whichever is larger (files without the drift floor: the split-half one)."""
+        return max(self.persona_shift_floor, self.persona_shift_drift_floor or 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,6 +76,36 @@ def test_noise_floor_is_zero_for_identical_prompts() -> None:
     assert torch.allclose(floor.refusal_cos, torch.ones(2, dtype=torch.float64))
 
 
+def test_drift_floor_is_the_move_along_pairwise_prompt_differences() -> None:
+    """The Gram-matrix computation equals the plain one over every pair's difference vector."""
+    torch.manual_seed(1)
+    base, moved, direction = torch.randn(7, 2, 5), torch.randn(2, 5).double(), torch.randn(2, 5).double()
+    reach = []
+    for i in range(7):
+        for j in range(i + 1, 7):
+            u = (base[i] - base[j]).double()
+            reach.append((moved * u).sum(-1).abs() / u.norm(dim=-1) / direction.norm(dim=-1))
+    expected = torch.stack(reach).quantile(0.95, dim=0)
+    assert torch.allclose(directions.drift_floor(base, moved, direction), expected)
+
+
+def test_a_general_move_stays_under_the_drift_floor_and_a_persona_move_clears_it() -> None:
+    """A fine-tune that moves activations along one arbitrary direction shifts them along the persona direction
+    only as much as along a typical direction: within the drift floor. Moving them along the persona direction
+    itself, by the same length, clears it."""
+    torch.manual_seed(2)
+    d_model, layers = 64, 1
+    base = torch.randn(32, layers, d_model)
+    persona = torch.zeros(layers, d_model, dtype=torch.float64)
+    persona[:, 0] = 1.0
+    general = torch.randn(layers, d_model, dtype=torch.float64)
+    general = 3.0 * general / general.norm(dim=-1, keepdim=True)
+    toward = 3.0 * persona
+    for moved, within in ((general, True), (toward, False)):
+        shift = directions.shift_along(moved, persona).abs()
+        assert bool((shift <= directions.drift_floor(base, moved, persona)).all()) is within
+
+
 def test_directions_file_round_trip(base_dir: Path, lora_random_dir: Path, tiny_recipe: Path,
                                     tmp_path: Path) -> None:
     result = measure(base_dir, lora_random_dir, tiny_recipe)
