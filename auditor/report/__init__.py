@@ -33,7 +33,6 @@ def _environment() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.1%}"
     env.filters["ci"] = lambda ci: "n/a" if not ci else f"[{ci[0]:.1%}, {ci[1]:.1%}]"
-    env.filters["with_ci"] = lambda v, ci: "not computed" if v is None else f"{v:.1%} " + env.filters["ci"](ci)
     env.filters["num"] = lambda v, digits=3: "n/a" if v is None else f"{v:.{digits}g}"
     env.filters["points"] = lambda v: "n/a" if v is None else f"{v * 100:+.1f}"  # a difference of two rates
     env.filters["points_ci"] = lambda ci: "n/a" if not ci else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
@@ -55,7 +54,7 @@ def layer_charts(layers: Sequence[LayerDrift]) -> list[Any]:
         charts.line_chart("persona_cos: base vs fine-tune persona direction",
                           [charts.Series("cosine", col["persona_cos"], charts.COLOURS[2])],
                           band=[(f, 1.0) for f in col["persona_cos_floor"]], reference=1.0),
-        charts.line_chart("persona_shift (1.0 = as far as the persona prompt; band: its floor)",
+        charts.line_chart("persona_shift (1.0 = as far as the persona prompt)",
                           [charts.Series("shift", col["persona_shift"], charts.COLOURS[1])],
                           band=[(-row.persona_floor(), row.persona_floor()) for row in layers], reference=0.0),
         charts.line_chart("refusal_shift on harmful prompts (units of |r|)",
