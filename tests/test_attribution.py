@@ -137,6 +137,9 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
     late = next(w for w in result.layers if w.window == "late")
     early = next(w for w in result.layers if w.window == "early")
     assert late.layers == (4, 5) and early.persona_fraction is not None and early.persona_fraction < 0.5
+    # no excess refusal of benign items, so the net share the verdict reads is the whole restored share
+    assert result.net and late.net_fraction == pytest.approx(late.persona_fraction) and late.net_ci is not None
+    assert late.net_ci[0] <= late.net_fraction <= late.net_ci[1]
     gating = result.gating
     assert [c.strength for c in gating.curve] == [0.0, 0.5, 1.0, 2.0]
     assert [r.window for r in gating.readd] == ["early", "late"]
