@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(many, many=True)
     _replay_options(many)
-    _gate_options(many, junit=False)
+    _gate_options(many)
     report = commands.add_parser(
         "report", help="re-render report.html and summary.md from a results.json, without running models",
         description="Re-render the HTML report and the Markdown summary from an existing results.json.",
@@ -167,14 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _gate_options(parser: argparse.ArgumentParser, *, junit: bool = True) -> None:
+def _gate_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("verdict")
     group.add_argument("--strict", action="store_true",
                        help="an inconclusive verdict (the audit could not resolve a drop of the fail threshold) exits "
                             "1, like a fail, instead of 4")
-    if junit:
-        group.add_argument("--junit", type=Path, metavar="FILE",
-                           help="also write the verdict as JUnit XML, one test case per check, for CI systems")
+    group.add_argument("--junit", type=Path, metavar="FILE",
+                       help="also write the verdict as JUnit XML, one test case per check (one suite per "
+                            "checkpoint), for CI systems")
 
 
 def _replay_options(parser: argparse.ArgumentParser) -> None:
@@ -249,7 +249,7 @@ def run_audit(args: argparse.Namespace) -> int:
     print(format_verdict(data.verdict, data.reasons, data.resolution))
     print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
     if args.junit:
-        junit.write(args.junit, junit.junit_xml(run.decided, data, strict=args.strict))
+        junit.write(args.junit, junit.junit_xml([(run.decided, data)], strict=args.strict))
         print(f"junit: {args.junit}")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions shows this file on the run's page
@@ -269,7 +269,7 @@ def run_gate(args: argparse.Namespace) -> int:
     print(f"{args.results}: decided under {gated.thresholds}")
     print(format_verdict(decided.verdict, decided.reasons, decided.resolution))
     if args.junit:
-        junit.write(args.junit, junit.junit_xml(decided, gated.data, strict=args.strict))
+        junit.write(args.junit, junit.junit_xml([(decided, gated.data)], strict=args.strict))
         print(f"junit: {args.junit}")
     return verdict.exit_code(decided.verdict, args.strict)
 
@@ -287,7 +287,7 @@ def format_verdict(level: str, reasons: list[str], resolution: Resolution) -> st
 def run_audit_many(args: argparse.Namespace) -> int:
     """Every checkpoint is checked before any model loads; one that fails mid-batch is recorded in the index
     (verdict "error") and the batch goes on."""
-    from auditor import models
+    from auditor import junit, models
 
     finetunes = list(args.finetunes)
     if args.list:
@@ -309,8 +309,10 @@ def run_audit_many(args: argparse.Namespace) -> int:
                               + " | ".join(problems))
     named = [(f"{number:02d}-{default_out(name.rstrip('/').split('/')[-1]).name}", name)
              for number, name in enumerate(finetunes, start=1)]
+    if args.junit:
+        junit.check_target(args.junit)
     _, codes = audit_checkpoints(request(args), named, args.out or Path("reports") / "audit-many",
-                                 strict=args.strict)
+                                 strict=args.strict, junit_path=args.junit)
     return worst(codes)
 
 
@@ -319,18 +321,21 @@ def worst(codes: list[int]) -> int:
     return max(codes, key=SEVERITY.index)
 
 
-def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path, *,
-                      strict: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
+def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path, *, strict: bool = False,
+                      junit_path: Path | None = None) -> tuple[list[dict[str, Any]], list[int]]:
     """Audit each (folder name, fine-tune) against the plan's base, loading the base once; writes OUT/<folder>/
-    for each and OUT/index.html (rewritten after each checkpoint). Returns the index rows and exit codes
+    for each and OUT/index.html, and with `junit_path` a JUnit file with one suite per checkpoint (both rewritten
+    after each checkpoint, so an interrupted batch keeps what it finished). Returns the index rows and exit codes
     (`strict`: an inconclusive verdict's code is a fail's)."""
-    from auditor import api, models, outputs, report, verdict
+    from auditor import api, junit, models, outputs, report, verdict
 
     out = outputs.prepare_out_dir(out_dir)
     index = out / "index.html"
     index.unlink(missing_ok=True)  # an earlier batch's index must not stand beside this batch's reports
     shared: models.Checkpoint | None = None
     rows, codes = [], []
+    audited: list[tuple[verdict.Verdict, AuditResults]] = []
+    errors: list[tuple[str, str]] = []
     for number, (folder, name) in enumerate(named, start=1):
         print(f"\n=== {number}/{len(named)}: {name} ===")
         run = None
@@ -343,15 +348,19 @@ def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path
                 traceback.print_exc()
             print(f"drift-audit: {name} failed, going on with the next checkpoint: {exc}", file=sys.stderr)
             rows.append(report.error_row(name, f"{type(exc).__name__}: {exc}"))
+            errors.append((name, f"{type(exc).__name__}: {exc}"))
             codes.append(code)
         else:
             rows.append(report.index_row(data, Path(folder) / "report.html"))
-            assert data.verdict is not None
+            assert data.verdict is not None and run.decided is not None, "a whole audit decides its verdict"
+            audited.append((run.decided, data))
             codes.append(verdict.exit_code(data.verdict, strict))
             print(f"verdict: {data.verdict.upper()}")
         shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
         outputs.atomic_write_text(index, report.render_index(rows))
-    print(f"\nindex: {index}")
+        if junit_path:
+            junit.write(junit_path, junit.junit_xml(audited, strict=strict, errors=errors))
+    print(f"\nindex: {index}" + (f"\njunit: {junit_path}" if junit_path else ""))
     return rows, codes
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,19 @@ def test_audit_many_records_a_failed_checkpoint_and_goes_on(base_dir: Path, lora
     save_file({}, str(empty / "adapter_model.safetensors"))
     out = tmp_path / "many"
     code = main(["audit-many", "--base", str(base_dir), str(lora_random_dir), str(empty), str(lora_random_dir),
-                 "--recipe", str(write_replay_recipe(tmp_path)), "--out", str(out), "--no-cache"])
+                 "--recipe", str(write_replay_recipe(tmp_path)), "--out", str(out), "--no-cache",
+                 "--junit", str(tmp_path / "ci" / "junit.xml")])
     assert code == 2  # bad input in one checkpoint
+    root = ET.parse(tmp_path / "ci" / "junit.xml").getroot()
+    suites = root.findall("testsuite")
+    assert len(suites) == 3 and root.get("errors") == "1"
+    assert root.get("tests") == str(sum(int(suite.get("tests", "0")) for suite in suites))
+    (failed,) = [suite for suite in suites if suite.find("testcase/error") is not None]
+    error = failed.find("testcase/error")
+    assert "empty" in str(failed.get("name"))
+    assert error is not None and "has no weights for" in str(error.get("message"))
+    audited = [suite for suite in suites if suite is not failed]
+    assert all(suite.find("properties") is not None and len(suite.findall("testcase")) > 1 for suite in audited)
     index = (out / "index.html").read_text()
     assert index.count("<tr><td class=\"n\">") == 3 and "not audited: AuditInputError" in index
     assert "has no weights for" in index
