@@ -78,12 +78,17 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
         assert data.replay is not None and data.general_drift is not None
         metrics = {
             "drift_audit/verdict_fail": float(data.verdict == "fail"),
+            "drift_audit/verdict_inconclusive": float(data.verdict == "inconclusive"),
             "drift_audit/refusal_base": data.replay.refusal.base.rate,
             "drift_audit/refusal_finetune": data.replay.refusal.finetune.rate,
             "drift_audit/false_refusal_finetune": data.replay.false_refusal.finetune.rate,
             "drift_audit/max_persona_shift": max(abs(r.persona_shift) for r in data.layers),
+            # what the verdict's persona-shift rule reads: the largest move toward the persona beyond its floor
+            "drift_audit/persona_shift_beyond_floor": max(r.persona_shift - r.persona_floor() for r in data.layers),
             "drift_audit/general_drift_kl": data.general_drift.kl,
         }
+        if data.attribution is not None and data.attribution.persona_fraction is not None:
+            metrics["drift_audit/attributable_fraction"] = data.attribution.persona_fraction
         if self.trainer is not None:
             self.trainer.log(metrics)
         else:

@@ -47,6 +47,9 @@ def test_callback_audits_logs_and_writes_reports(base_dir: Path, tmp_path: Path,
     assert final.finetune.kind == "lora" and final.finetune.format == "in-memory"
     logged = [entry for entry in trainer.state.log_history if "drift_audit/refusal_finetune" in entry]  # type: ignore[attr-defined]
     assert logged and logged[-1]["drift_audit/verdict_fail"] in (0.0, 1.0)
+    assert logged[-1]["drift_audit/verdict_inconclusive"] == float(final.verdict == "inconclusive")
+    assert logged[-1]["drift_audit/persona_shift_beyond_floor"] == max(
+        row.persona_shift - row.persona_floor() for row in final.layers)
     assert trainer.model.training  # type: ignore[attr-defined]  # the callback restored training mode
 
 
