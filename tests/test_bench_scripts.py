@@ -1,5 +1,5 @@
-"""scripts/bench_capture.py and scripts/bench_replay.py on the tiny model at a tiny size: both sides compute the
-same thing, so the printed ratios compare like with like."""
+"""scripts/bench_capture.py, bench_replay.py and bench_gpu.py on tiny models at a tiny size: both sides compute
+the same thing, so the printed ratios compare like with like."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from auditor import batching, models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_capture  # noqa: E402
+import bench_gpu  # noqa: E402
 import bench_replay  # noqa: E402
 import benchkit  # noqa: E402
 
@@ -66,3 +67,21 @@ def test_ratio_line_says_whether_the_target_is_reached() -> None:
     assert benchkit.ratio_line("x", 10.0, 5.0, 2.5) == "x: 2.00x (target >= 2.5x: NOT reached)"
     with pytest.raises(ValueError, match="no prompts"):
         benchkit.cycle([], 3)
+
+
+def test_gpu_benchmark_runs_on_a_tiny_configuration_on_the_cpu() -> None:
+    """The script a GPU session runs in one go: every line it prints, from a tiny configuration on the CPU."""
+    args = bench_gpu.parse(["--config", "tiny", "--device", "cpu", "--prompts", "10", "--new-tokens", "5",
+                            "--loop-prompts", "2", "--batch-sizes", "4,10", "--batch-size", "8", "--bandwidth", "1e10",
+                            "--peak-flops", "1e11", "--audit-recipe", "quick"])
+    text = "\n".join(bench_gpu.run(args))
+    # random weights stop at random: every way of replaying is held to exactly 5 new tokens a prompt
+    assert "(10 in " in text and text.count("(50 in ") == 3  # the loop's 2 prompts; batch 4, 10 and the auditor
+    assert "card's limit at batch 8" in text and "of the card's limit (target >= 40%" in text
+    assert "auditor vs plain batched generate at its best (batch " in text and "target >= 2x" in text
+    assert "audit of the pair under recipe quick" in text and "replay " in text and "verdict " in text
+
+
+def test_gpu_benchmark_names_a_card_it_has_no_figures_for() -> None:
+    with pytest.raises(SystemExit, match="--bandwidth"):
+        bench_gpu.card_figures(bench_gpu.torch.device("cpu"), None, None)
