@@ -81,7 +81,7 @@ class Replayer:
         with self.pair.loaded(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             judged = judge_items(checkpoint, items, self.config, cache, f"{side}: {label}",
-                                 self.judges, prompts=prompts, first_token=False)
+                                 self.judges, prompts=prompts)
         return [j.refused for j in judged]
 
 

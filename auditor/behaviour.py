@@ -15,8 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
+
 from auditor import judge, stats
-from auditor.activations import ChatPrompt
+from auditor.activations import ChatPrompt, render
+from auditor.forward_cache import ForwardCache
 from auditor.inputs import Suites
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
@@ -145,25 +148,40 @@ def paired_difference(base: Sequence[bool], finetune: Sequence[bool], error: sta
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,
                 desc: str, judges: Judges, prompts: Sequence[ChatPrompt] | None = None,
-                first_token: bool = True) -> list[Judged]:
-    """Generate, then judge every response with the judge, the second judge if any and (with `first_token`)
-    the first-token score. Judges see the item's own request, not the persona or paraphrase around it.
-    The score costs a forward pass per prompt and is only reported for the suites, so the persona design
-    and attribution replays skip it."""
+                first_token: ForwardCache | None = None) -> list[Judged]:
+    """Generate, then judge every response with the judge, the second judge if any and (given `first_token`,
+    the cache its log-probabilities go through) the first-token score. Judges see the item's own request, not
+    the persona or paraphrase around it. The score costs a forward pass per prompt and is only reported for
+    the suites, so the persona design and attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            cache=cache, share_prefix=True, desc=desc)
     scores: list[float | None] = [None] * len(prompts)
-    if first_token:
-        log_probs = first_token_log_probs(checkpoint, prompts, batch_size=cfg.batch_size,
-                                          desc=f"{desc} (first token)")
-        scores = judge.first_token_scores(log_probs, judge.refusal_token_ids(checkpoint.tokenizer)).tolist()
+    if first_token is not None:
+        refusal_ids = judge.refusal_token_ids(checkpoint.tokenizer)
+        log_probs = cached_first_token(checkpoint, prompts, cfg.batch_size, first_token, f"{desc} (first token)",
+                                       columns=refusal_ids)
+        scores = judge.first_token_scores(log_probs, range(len(refusal_ids))).tolist()  # columns: refusal_ids
     return [
         Judged(item=item, text=gen.text, label=judges.main.label(item.prompt, response), first_token_score=score,
                second_label=judges.second.label(item.prompt, response) if judges.second else None)
         for item, gen, score in zip(items, generations, scores, strict=True)
         for response in [judge.Response(gen.text, gen.token_ids)]
     ]
+
+
+def cached_first_token(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], batch_size: int, cache: ForwardCache,
+                       desc: str, columns: list[int] | None = None) -> Tensor:
+    """First-token log-probabilities (`replay.first_token_log_probs`) through `cache`: every column of the
+    vocabulary, or only `columns` (a score needs only its refusal openings' tokens, and a vocabulary of 128k
+    columns would make the file 500 kB a prompt)."""
+    key = {"prompts": [render(checkpoint.tokenizer, p).ids for p in prompts], "batch_size": batch_size,
+           "columns": columns}
+
+    def compute() -> dict[str, Tensor]:
+        log_probs = first_token_log_probs(checkpoint, prompts, batch_size=batch_size, desc=desc)
+        return {"log_probs": log_probs if columns is None else log_probs[:, columns]}
+    return cache.tensors("first-token", key, compute)["log_probs"]
 
 
 def judge_agreement(judged: Sequence[Judged], threshold: float) -> JudgeAgreement:
@@ -198,13 +216,14 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
     judged: dict[str, dict[Side, list[Judged]]] = defaultdict(dict)
     first_token = {}
     for side in SIDES:
+        forward = ForwardCache.for_side(pair, side, cache_dir)
         with pair.loaded(side) as checkpoint:
             for name, items in (("refusal", suites.refusal), ("benign", suites.benign),
                                 ("contrast", suites.contrast)):
                 judged[name][side] = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: {name}",
-                                                 judges)
-            first_token[side] = first_token_log_probs(checkpoint, harmless, batch_size=cfg.batch_size,
-                                                      desc=f"{side}: harmless first token")
+                                                 judges, first_token=forward)
+            first_token[side] = cached_first_token(checkpoint, harmless, cfg.batch_size, forward,
+                                                   f"{side}: harmless first token")
     kl = kl_per_prompt(first_token["base"], first_token["finetune"])
     contrast = (compare(judged["contrast"]["base"], judged["contrast"]["finetune"], judges.error)
                 if suites.contrast else None)
@@ -255,7 +274,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
         for side in SIDES:
             with pair.loaded(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
-                                     judges, prompts=prompts, first_token=False)
+                                     judges, prompts=prompts)
             samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
         for p in list(active):
             widths = [Rate.of(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]

@@ -67,6 +67,11 @@ def _model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> No
     run.add_argument("--batch-size", type=int, metavar="N",
                      help="override the recipe's batch size, the largest batch a pass may use (smaller ones are "
                           "planned from free memory and prompt lengths)")
+    run.add_argument("--cache-dir", type=Path, metavar="DIR",
+                     help="cache folder: generations, activations and first-token log-probabilities go to DIR/replay, "
+                          "so a rerun or an interrupted run skips what it finished (default: $DRIFT_AUDIT_CACHE or "
+                          "~/.cache/drift-auditor)")
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output folder (default: reports/demo)")
     demo.add_argument("--recipe", default="demo", metavar="NAME|PATH", help="audit recipe (default: demo)")
     demo.add_argument("--cache-dir", type=Path, metavar="DIR",
-                      help="where organisms and generations are cached (default: ~/.cache/drift-auditor)")
+                      help="where organisms, generations and forward passes are cached (default: $DRIFT_AUDIT_CACHE or "
+                           "~/.cache/drift-auditor)")
     return parser
 
 
@@ -179,9 +185,6 @@ def _gate_options(parser: argparse.ArgumentParser) -> None:
 
 def _replay_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("replay")
-    group.add_argument("--cache-dir", type=Path, metavar="DIR",
-                       help="generation cache (default: $DRIFT_AUDIT_CACHE or ~/.cache/drift-auditor/replay)")
-    group.add_argument("--no-cache", action="store_true", help="do not read or write the generation cache")
     group.add_argument("--judge-model", metavar="PATH",
                        help="optional second judge model (causal LM or sequence classifier) beside the recipe's judge; "
                             "the items on which they disagree are listed")
@@ -205,8 +208,7 @@ def request(args: argparse.Namespace) -> Request:
     from auditor.api import Request
     from auditor.replay import default_cache_dir
 
-    cache_dir = None if getattr(args, "no_cache", False) else (
-        (getattr(args, "cache_dir", None) or default_cache_dir()) / "replay")
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir()) / "replay"
     return Request(base=args.base, recipe=args.recipe, batch_size=args.batch_size,
                    judge_model=getattr(args, "judge_model", None), cache_dir=cache_dir, options=load_options(args),
                    base_revision=args.base_revision)
@@ -490,8 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drift-audit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("drift-audit: interrupted. Finished generation batches are cached: run the same command again "
-              "to resume. No output file was left half-written.", file=sys.stderr)
+        print("drift-audit: interrupted. Finished generation batches and forward passes are cached: run the same "
+              "command again to resume. No output file was left half-written.", file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from auditor.activations import capture
+from auditor.activations import ChatPrompt, capture, render
+from auditor.forward_cache import ForwardCache
 from auditor.inputs import PromptSets
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Position, Recipe
@@ -76,15 +77,23 @@ class DirectionsResult:
     neutral_moved: dict[Position, Tensor]  # (layers, d_model): mean fine-tune minus base on the neutral questions
 
 
-def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe,
-                 side: Side) -> dict[Position, SetActivations]:
-    """Capture every prompt set in one model at the recipe's positions."""
-    captured = {
-        f.name: capture(checkpoint, getattr(sets, f.name), recipe.positions, batch_size=recipe.batch_size,
-                        layers_path=recipe.layers_path, share_prefix=True, desc=f"{side}: {f.name}")
-        for f in fields(PromptSets)
-    }
+def capture_sets(checkpoint: Checkpoint, sets: PromptSets, recipe: Recipe, side: Side,
+                 cache: ForwardCache) -> dict[Position, SetActivations]:
+    """Capture every prompt set in one model at the recipe's positions, each set through `cache`."""
+    captured = {f.name: _capture_set(checkpoint, getattr(sets, f.name), recipe, f"{side}: {f.name}", cache)
+                for f in fields(PromptSets)}
     return {pos: SetActivations(**{name: acts[pos] for name, acts in captured.items()}) for pos in recipe.positions}
+
+
+def _capture_set(checkpoint: Checkpoint, prompts: list[ChatPrompt], recipe: Recipe, desc: str,
+                 cache: ForwardCache) -> dict[Position, Tensor]:
+    key = {"prompts": [render(checkpoint.tokenizer, p).ids for p in prompts], "systems": [p.system for p in prompts],
+           "positions": list(recipe.positions), "batch_size": recipe.batch_size, "layers_path": recipe.layers_path,
+           "share_prefix": True}
+    stored = cache.tensors("activations", key, lambda: {str(p): acts for p, acts in capture(
+        checkpoint, prompts, recipe.positions, batch_size=recipe.batch_size, layers_path=recipe.layers_path,
+        share_prefix=True, desc=desc).items()})
+    return {p: stored[p] for p in recipe.positions}
 
 
 def neutral_move(base: SetActivations, finetune: SetActivations) -> Tensor:
@@ -203,13 +212,13 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
     return layers, d_base, d_ft
 
 
-def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets) -> DirectionsResult:
+def measure(pair: ModelPair, recipe: Recipe, sets: PromptSets, *, cache_dir: Path | None) -> DirectionsResult:
     """Capture both models on the recipe's prompt sets (`inputs.prompt_sets`) and compare them, position by
-    position."""
+    position. Activations are cached in `cache_dir` (None: not cached; `auditor.forward_cache`)."""
     captured: dict[Side, dict[Position, SetActivations]] = {}
     for side in ("base", "finetune"):
         with pair.loaded(side) as checkpoint:
-            captured[side] = capture_sets(checkpoint, sets, recipe, side)
+            captured[side] = capture_sets(checkpoint, sets, recipe, side, ForwardCache.for_side(pair, side, cache_dir))
     layers, base, finetune, moved = {}, {}, {}, {}
     for position in recipe.positions:
         layers[position], base[position], finetune[position] = compare(

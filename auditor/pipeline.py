@@ -65,7 +65,7 @@ class Audit:
         """Measure the directions (kept for `results` and `write`)."""
         check_prompt_lengths(self.pair, self.recipe, self.inputs)
         with self.timings.stage("directions"):
-            self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts)
+            self.measured = directions.measure(self.pair, self.recipe, self.inputs.prompts, cache_dir=self.cache_dir)
         return self.measured
 
     @cached_property

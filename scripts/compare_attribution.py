@@ -40,7 +40,7 @@ def main() -> None:
     print("organism | direction | window | refusal restored | persona fraction [95% CI] | random fraction [95% CI]")
     for name in CONTROLS:
         pair = models.load_pair(str(paths["aligned"]), str(paths[name]), models.LoadOptions())
-        measured = directions.measure(pair, recipe, sets)
+        measured = directions.measure(pair, recipe, sets, cache_dir=cache_dir / "replay")
         for method in METHODS:
             chosen = replace(recipe, attribution=replace(recipe.attribution, direction=method))
             result = attribution.run(pair, chosen, measured, suites, cache_dir=cache_dir / "replay",

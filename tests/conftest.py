@@ -13,6 +13,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import lora_adapter, make_model, perturbed_copy  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def private_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny-model tests cache in a folder of their own, so none writes to the user's cache or is served a
+    result an earlier test computed. The SmolLM2 tests (`slow`) keep the real cache: their organisms and
+    generations take minutes to an hour to compute."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("DRIFT_AUDIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -65,7 +65,7 @@ def organism(tmp_path_factory: pytest.TempPathFactory, recipe: Any) -> dict[str,
     root = tmp_path_factory.mktemp("attr")
     base_dir = make_model(root / "base", layers=6, mlp_bias=True)
     pair = models.load_pair(str(base_dir), str(base_dir), models.LoadOptions())
-    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe)).base["post_instruction"]
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe), cache_dir=None).base["post_instruction"]
     persona = measured.persona_without_refusal()
     offset = STRENGTH * persona[OFFSET_LAYER]
     refusal_unit = measured.refusal[OFFSET_LAYER] / measured.refusal[OFFSET_LAYER].norm()
@@ -106,7 +106,7 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
               direction: str = "persona_without_refusal") -> tuple[models.ModelPair, dict[str, Any]]:
     pair = models.load_pair(str(organism["base"]), str(organism[finetune]), models.LoadOptions())
     recipe = replace(recipe, attribution=replace(recipe.attribution, direction=direction))
-    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe))
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe), cache_dir=None)
     suites = inputs.load_suites(recipe)
     baseline: dict[str, float] = {}
     judge_fn = projection_judge(organism, baseline)
@@ -168,7 +168,7 @@ def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
 def test_attribution_not_meaningful_without_refusal_change(organism: dict[str, Any], recipe: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     pair = models.load_pair(str(organism["base"]), str(organism["base"]), models.LoadOptions())
-    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe))
+    measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe), cache_dir=None)
     monkeypatch.setattr(attribution, "judge_items", projection_judge(organism, {}))
     result = attribution.run(pair, recipe, measured, inputs.load_suites(recipe), cache_dir=None,
                              refusal_judge=judge.PhraseJudge())

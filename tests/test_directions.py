@@ -12,7 +12,7 @@ from auditor.recipe import load_recipe
 def measure(base: Path, finetune: Path, recipe_path: Path) -> directions.DirectionsResult:
     pair = models.load_pair(str(base), str(finetune), models.LoadOptions())
     recipe = load_recipe(str(recipe_path))
-    return directions.measure(pair, recipe, inputs.prompt_sets(recipe))
+    return directions.measure(pair, recipe, inputs.prompt_sets(recipe), cache_dir=None)
 
 
 def assert_no_drift(result: directions.DirectionsResult) -> None:
