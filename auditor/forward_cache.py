@@ -5,8 +5,9 @@ A rerun of an audit, or a second audit of the same base (`audit-many`, the demo)
 passes again: on the demo's CPU they were half of an audit whose generations were all cached. Each call's
 tensors go to one safetensors file named by the model's fingerprint (`ModelPair.fingerprint`: its files, dtype
 and device) and a hash of everything that decides a float bit of the result: the rendered prompts' token ids,
-the batch limit, the positions and layers asked for. Reading a file gives exactly the tensors computed then, so
-a cached run's numbers equal the uncached run's. A file is written to a temporary name and renamed into place:
+the batch limit, the positions and layers asked for, and the source of the modules that compute them (a code
+change is a miss, never a stale tensor). Reading a file gives exactly the tensors computed then, so a cached
+run's numbers equal the uncached run's. A file is written to a temporary name and renamed into place:
 an interrupted write leaves no file, and a file that cannot be read is computed again with a warning.
 
 Activations are stored in float32, about 4 x prompts x positions x layers x d_model bytes a side: 22 MB for the
@@ -16,6 +17,7 @@ the generation cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +31,17 @@ from torch import Tensor
 from auditor.models import ModelPair, Side
 
 CACHE_VERSION = 1
+# the modules whose code decides the cached tensors: a change to any of them makes every earlier file a miss
+CODE = ("activations", "batching", "behaviour", "directions", "hooks", "models", "replay")
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of the source of the modules in CODE, so a cached tensor is never one older code computed."""
+    digest = hashlib.sha256()
+    for name in CODE:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()
 
 
 class ForwardCache:
@@ -47,7 +60,8 @@ class ForwardCache:
         """Where the tensors of `kind` computed from `key` are kept (None: not cached)."""
         if self.folder is None:
             return None
-        digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "kind": kind, **key}, sort_keys=True).encode())
+        digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "code": code_digest(), "kind": kind, **key},
+                                           sort_keys=True).encode())
         return self.folder / f"{self.fingerprint[:24]}-{kind}-{digest.hexdigest()[:16]}.safetensors"
 
     def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -78,3 +78,14 @@ def test_a_damaged_file_is_computed_again_and_an_interrupted_one_never_written(t
     with pytest.raises(KeyboardInterrupt):
         cache.tensors("activations", {"prompts": [[4]]}, interrupted)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_change_to_the_code_that_computes_the_tensors_is_a_miss(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor import forward_cache
+
+    key = {"prompts": [[1, 2, 3]]}
+    before = ForwardCache(tmp_path, "fingerprint").path("activations", key)
+    monkeypatch.setattr(forward_cache, "code_digest", lambda: "edited")
+    assert ForwardCache(tmp_path, "fingerprint").path("activations", key) != before
+    assert all((Path(forward_cache.__file__).parent / f"{name}.py").is_file() for name in forward_cache.CODE)
