@@ -37,7 +37,8 @@ from auditor.results import AuditResults
 class Request:
     """What an audit of one base needs besides the fine-tune: the recipe, its overrides, the cache and how to load.
 
-    `cache_dir` None turns the generation cache off; by default it is `default_cache_dir() / "replay"`.
+    `cache_dir` None turns the cache of generations and forward passes off; by default it is
+    `default_cache_dir() / "replay"`.
     """
 
     base: str | None = None

@@ -46,7 +46,7 @@ def check_prompt_lengths(pair: ModelPair, recipe: Recipe, inputs: Inputs) -> Non
 @dataclass
 class Audit:
     """An audit in progress: each stage keeps what it measured, and `results` types whatever has run.
-    `out` None writes no file; `cache_dir` None disables the generation cache."""
+    `out` None writes no file; `cache_dir` None disables the cache of generations and forward passes."""
 
     pair: ModelPair
     recipe: Recipe
