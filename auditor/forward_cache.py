@@ -5,10 +5,11 @@ A rerun of an audit, or a second audit of the same base (`audit-many`, the demo)
 passes again: on the demo's CPU they were half of an audit whose generations were all cached. Each call's
 tensors go to one safetensors file named by the model's fingerprint (`ModelPair.fingerprint`: its files, dtype
 and device) and a hash of everything that decides a float bit of the result: the rendered prompts' token ids,
-the batch limit, the positions and layers asked for, and the source of the modules that compute them (a code
-change is a miss, never a stale tensor). Reading a file gives exactly the tensors computed then, so a cached
-run's numbers equal the uncached run's. A file is written to a temporary name and renamed into place:
-an interrupted write leaves no file, and a file that cannot be read is computed again with a warning.
+the batch limit, the positions and layers asked for, the source of the modules that compute them and the
+versions of torch and transformers (a code change is a miss, never a stale tensor). Reading a file gives
+exactly the tensors computed then, so a cached run's numbers equal the uncached run's. A file is written to a
+temporary name and renamed into place: an interrupted write leaves no file, and a file that cannot be read is
+computed again with a warning.
 
 Activations are stored in float32, about 4 x prompts x positions x layers x d_model bytes a side: 22 MB for the
 demo's SmolLM2, about 0.6 GB for the `default` recipe on an 8B model. `--no-cache` turns this cache off with
@@ -37,8 +38,12 @@ CODE = ("activations", "batching", "behaviour", "directions", "hooks", "models",
 
 @functools.cache
 def code_digest() -> str:
-    """A hash of the source of the modules in CODE, so a cached tensor is never one older code computed."""
-    digest = hashlib.sha256()
+    """A hash of the source of the modules in CODE and of the versions of torch and transformers, so a cached
+    tensor is never one that other code computed."""
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
     for name in CODE:
         digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
     return digest.hexdigest()
