@@ -7,9 +7,10 @@ tensors go to one safetensors file named by the model's fingerprint (`ModelPair.
 and device) and a hash of everything that decides a float bit of the result: the rendered prompts' token ids,
 the batch limit, the positions and layers asked for, the source of the modules that compute them and the
 versions of torch and transformers (a code change is a miss, never a stale tensor). Reading a file gives
-exactly the tensors computed then, so a cached run's numbers equal the uncached run's. A file is written to a
-temporary name and renamed into place: an interrupted write leaves no file, and a file that cannot be read is
-computed again with a warning.
+exactly the tensors computed then. (Batches are planned from free memory, so a run with much less of it could
+plan smaller batches and differ from a cached run in the last float bits, as `auditor.replay` says of
+generations.) A file is written to a temporary name and renamed into place: an interrupted write leaves no file,
+and a file that cannot be read is computed again with a warning.
 
 Activations are stored in float32, about 4 x prompts x positions x layers x d_model bytes a side: 22 MB for the
 demo's SmolLM2, about 0.6 GB for the `default` recipe on an 8B model. `--no-cache` turns this cache off with
