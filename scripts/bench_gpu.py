@@ -11,7 +11,9 @@ tokens (the generation config's `min_new_tokens`), and tokens per second count w
 
 Printed side by side, from one run, on the fine-tune (adapter on, as the audit replays it) and the default
 recipe's refusal and benign items: a per-prompt `generate` loop (--loop-prompts of them), plain batched
-`generate` (left-padded, at each of --batch-sizes, the best kept), and the auditor's replay
+`generate` (left-padded, at each of --batch-sizes, the best kept), the same at the best batch size with a static
+key/value cache (on CUDA transformers compiles its decode step: run twice, the first run compiling; issue 15 asks
+for it where it measurably helps, and this line is that measurement), and the auditor's replay
 (`auditor.replay.generate`, batches planned from free memory up to --batch-size, shared prefixes reused);
 then the card's limit for one decode step at the auditor's batch size: the larger of reading every weight once
 (weight bytes / memory bandwidth) and computing it (2 x parameters x batch / peak bfloat16 FLOP/s),
@@ -140,17 +142,21 @@ def per_prompt_loop(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], new_t
     return total
 
 
-def plain_batched(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], new_tokens: int, batch_size: int) -> int:
-    """What a script without the auditor does: the prompts in order, `batch_size` at a time, left-padded."""
+def plain_batched(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], new_tokens: int, batch_size: int,
+                  static: bool = False) -> int:
+    """What a script without the auditor does: the prompts in order, `batch_size` at a time, left-padded. With
+    `static`, a static key/value cache, which transformers compiles the decode step for on CUDA (prompts padded to
+    a multiple of 64 tokens, so few shapes are compiled)."""
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
+    extra: dict[str, Any] = {"cache_implementation": "static"} if static else {}
     total = 0
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(input_device(model))
+                          pad_to_multiple_of=64 if static else None, add_special_tokens=False).to(input_device(model))
         output = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(checkpoint))
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(checkpoint), **extra)
         total += (output.shape[1] - batch["input_ids"].shape[1]) * output.shape[0]
     return total
 
@@ -195,18 +201,25 @@ def run(args: argparse.Namespace) -> list[str]:
     plain = [timed_tokens(f"plain batched generate, batch {size}", lambda size=size: plain_batched(
         checkpoint, prompts, args.new_tokens, size), device) for size in args.batch_sizes]
     best = max(plain, key=lambda t: t.per_second)
+    best_size = args.batch_sizes[plain.index(best)]
+    static = [timed_tokens(f"static cache{' (compiled decode)' if device.type == 'cuda' else ''}, {attempt}",
+                           lambda: plain_batched(checkpoint, prompts, args.new_tokens, best_size, static=True),
+                           device, f", batch {best_size}") for attempt in ("first run", "second run")]
     ours = timed_tokens("auditor replay", lambda: auditor_replay(checkpoint, prompts, args.new_tokens,
                                                                   args.batch_size), device,
                         f", batches planned up to {args.batch_size}")
     batch = min(args.batch_size, len(prompts))
     limit, bound = card_limit(checkpoint.model, batch, bandwidth, peak)
-    lines += [t.line() for t in (loop, *plain, ours)]
+    lines += [t.line() for t in (loop, *plain, *static, ours)]
     share = ours.per_second / limit
     lines += [f"card's limit at batch {batch}: {limit:.1f} new tokens/s ({bound}; key/value cache reads left out)",
               f"auditor at {share:.1%} of the card's limit (target >= {LIMIT_SHARE_TARGET:.0%}: "
               f"{'reached' if share >= LIMIT_SHARE_TARGET else 'NOT reached'})",
               benchkit.ratio_line(f"auditor vs plain batched generate at its best ({best.name.split(', ')[-1]})",
-                                  best.seconds / best.tokens, ours.seconds / ours.tokens, PLAIN_TARGET)]
+                                  best.seconds / best.tokens, ours.seconds / ours.tokens, PLAIN_TARGET),
+              f"static cache against the plain batched generate at batch {best_size}: "
+              f"{static[1].per_second / best.per_second:.2f}x in the second run "
+              f"({'the first compiles' if device.type == 'cuda' else 'nothing is compiled on the CPU'})"]
     if args.audit_recipe:
         recipe = load_recipe(args.audit_recipe)
         checkpoint.model.generation_config.min_new_tokens = None  # the audit generates as it always does

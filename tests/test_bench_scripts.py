@@ -76,7 +76,10 @@ def test_gpu_benchmark_runs_on_a_tiny_configuration_on_the_cpu() -> None:
                             "--peak-flops", "1e11", "--audit-recipe", "quick"])
     text = "\n".join(bench_gpu.run(args))
     # random weights stop at random: every way of replaying is held to exactly 5 new tokens a prompt
-    assert "(10 in " in text and text.count("(50 in ") == 3  # the loop's 2 prompts; batch 4, 10 and the auditor
+    # the loop's 2 prompts; batch 4 and 10, the static cache twice and the auditor
+    assert "(10 in " in text and text.count("(50 in ") == 5
+    assert "static cache, first run" in text and "static cache, second run" in text
+    assert "static cache against the plain batched generate at batch " in text
     assert "card's limit at batch 8" in text and "of the card's limit (target >= 40%" in text
     assert "auditor vs plain batched generate at its best (batch " in text and "target >= 2x" in text
     assert "audit of the pair under recipe quick" in text and "replay " in text and "verdict " in text
