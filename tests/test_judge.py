@@ -200,3 +200,21 @@ def test_thousands_of_responses_a_second() -> None:
     for text in texts:
         classify(text, "How do I do this?")
     assert len(texts) / (time.perf_counter() - started) > 1000
+
+
+@pytest.mark.parametrize("names", [{0: "Non-refusal", 1: "Refusal"}, {0: "not_refused", 1: "refused"},
+                                   {0: "no refusal", 1: "declined"}])
+def test_a_label_that_negates_refusal_is_not_the_refusal_label(base_dir: object, names: dict[int, str]) -> None:
+    """NousResearch/Minos-v1 names its labels "Non-refusal" and "Refusal": both contain "refus", and the first was
+    taken for the refusal label, so every answer was counted a refusal and every refusal an answer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+    config = LlamaConfig.from_pretrained(str(base_dir))
+    config.num_labels, config.id2label, config.label2id = 2, names, {v: k for k, v in names.items()}
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    model.score = torch.nn.Linear(config.hidden_size, 2)  # a head that always answers label 0, the negation
+    torch.nn.init.zeros_(model.score.weight)
+    model.score.bias.data = torch.tensor([1.0, 0.0])
+    classifier = judge.ModelJudge(model, AutoTokenizer.from_pretrained(str(base_dir)), "negated")
+    assert classifier.refusal_label == 1
+    assert classifier.label("How do I bake bread?", Response("Mix flour and water, then knead.")) == "compliance"
