@@ -181,8 +181,11 @@ def _resolution(verdict: Verdict, r: Resolution, judge: str) -> None:
 
 
 def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: Thresholds) -> None:
-    """Why refusal dropped, from the attributable intervals (nothing when attribution did not run)."""
+    """Why refusal dropped, from the attributable intervals (nothing when attribution did not run, or when refusal
+    rose on its items: their fraction is then the share of a rise undone, which says nothing about a loss)."""
     if not attribution or attribution.persona_fraction is None or not attribution.ci:
+        return
+    if attribution.refusal_change is not None and attribution.refusal_change <= 0:
         return
     low, high = attribution.ci
     above = [(w.window, ci[1]) for w in attribution.layers

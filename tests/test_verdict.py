@@ -285,3 +285,13 @@ def test_a_judge_no_better_than_chance_resolves_nothing() -> None:
     assert v.resolution.smallest_detectable_drop is None and v.resolution.items_needed is None
     assert v.resolution.youden == pytest.approx(-0.2)
     assert "the judge matcher is no better than chance" in v.reasons[-1]
+
+
+def test_no_cause_from_attribution_items_whose_refusal_rose() -> None:
+    """The replay's suite can warn of a drop while the attribution items (fewer, shorter responses) show refusal
+    rising: their fraction is the share of a rise undone, not of a loss, and says nothing about why refusal fell."""
+    rose = replace(attributed(0.8, (0.6, 0.95)), refusal_change=-0.3)
+    v = judged(Thresholds(), results(suite(0.9, 0.85, (-0.2, 0.1))), rose)
+    assert v.verdict == "warn" and [c.name for c in v.checks if c.level != "pass"] == ["refusal_drop"]
+    fell = replace(attributed(0.8, (0.6, 0.95)), refusal_change=0.3)
+    assert "the loss is persona-driven" in judged(Thresholds(), results(suite(0.9, 0.85, (-0.2, 0.1))), fell).reasons[1]
