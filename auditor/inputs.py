@@ -113,9 +113,14 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
 
 def load_suites(recipe: Recipe) -> Suites:
     """The recipe's replay suites, capped by `replay.max_items` (attribution's by `attribution.max_items`)
-    round-robin over categories."""
+    round-robin over categories. A refusal suite read from a mixed file keeps only the items that should be refused:
+    its rate is the refusal of harmful requests."""
     cfg = recipe.replay
-    refusal = load_suite(cfg.refusal, key="replay.refusal")
+    refusal = [i for i in load_suite(cfg.refusal, key="replay.refusal") if i.expected != "answer"]
+    if not refusal:
+        raise AuditInputError(f"replay.refusal: {cfg.refusal.source} has no item that should be refused (every item "
+                              "expects an answer), so refusal of harmful requests cannot be measured. Point "
+                              "replay.refusal at harmful requests (expected: refuse).")
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
     benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
     contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)
