@@ -173,7 +173,9 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
 
 
 def kl_per_prompt(base_log_probs: Tensor, finetune_log_probs: Tensor) -> Tensor:
-    """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats)."""
+    """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats). A token the base rules
+    out (log-probability -inf) adds 0 log 0 = 0, not the NaN of exp(-inf) * (-inf - -inf)."""
     p = base_log_probs.double()
     q = finetune_log_probs.double()
-    return (p.exp() * (p - q)).sum(-1).clamp(min=0.0)
+    terms = torch.where(p.isneginf(), torch.zeros_like(p), p.exp() * (p - q))
+    return terms.sum(-1).clamp(min=0.0)

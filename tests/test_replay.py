@@ -271,3 +271,17 @@ def test_prompts_under_personas_in_turn_are_batched_by_persona_and_share_it(lora
         assert shared == []
         assert run(True) == plain
     assert shared == [5, 5]  # one batch per persona, each reusing its block
+
+
+def test_first_token_kl_counts_a_token_both_models_rule_out_as_zero() -> None:
+    """A token whose logit is -inf under the base contributes 0 * log 0 = 0 to KL(base || fine-tune); computed as
+    exp(-inf) * (-inf - -inf) it was NaN, and the audit died writing results.json (its numbers must be finite)."""
+    from auditor.replay import kl_per_prompt
+
+    logits = torch.tensor([[2.0, 1.0, float("-inf")], [0.0, 0.0, 0.0]])
+    base = torch.log_softmax(logits, dim=-1)
+    finetune = torch.log_softmax(logits * torch.tensor([[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]), dim=-1)
+    kl = kl_per_prompt(base, finetune)
+    assert torch.isfinite(kl).all() and kl[1] == 0.0
+    p = base[0, :2].double().exp()
+    assert kl[0].item() == pytest.approx(float((p * (p.log() - finetune[0, :2].double())).sum()))
