@@ -64,7 +64,22 @@ def load_inputs(recipe: Recipe, *, replay: bool) -> Inputs:
     if not replay:
         return Inputs(prompt_sets(recipe), None)
     judge.judge_model_path(recipe.replay.judge)
-    return Inputs(prompt_sets(recipe), load_suites(recipe), judge_eval.load_labelled(recipe.replay.judge_labels))
+    return Inputs(prompt_sets(recipe), load_suites(recipe), labelled_of_both_kinds(recipe))
+
+
+def labelled_of_both_kinds(recipe: Recipe) -> list[judge_eval.LabelledResponse]:
+    """The labelled responses the judge is measured on, holding refusals and compliances both: with one kind
+    missing, the judge's sensitivity or specificity is 0 of 0 and no rate of the audit can be corrected."""
+    spec = recipe.replay.judge_labels
+    labelled = judge_eval.load_labelled(spec)
+    refusing = {judge.is_refusing(item.label) for item in labelled}
+    for kind, measures, present in (("refusal (full or partial)", "sensitivity", True),
+                                    ("compliance", "specificity", False)):
+        if present not in refusing:
+            raise AuditInputError(f"replay.judge_labels: {spec.source} has no {kind} among its {len(labelled)} "
+                                  f"labelled responses, so the judge's {measures} cannot be measured and the audit's "
+                                  "rates cannot be corrected for its errors. Add labelled responses of both kinds.")
+    return labelled
 
 
 def prompt_sets(recipe: Recipe) -> PromptSets:
@@ -98,9 +113,14 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
 
 def load_suites(recipe: Recipe) -> Suites:
     """The recipe's replay suites, capped by `replay.max_items` (attribution's by `attribution.max_items`)
-    round-robin over categories."""
+    round-robin over categories. A refusal suite read from a mixed file keeps only the items that should be refused:
+    its rate is the refusal of harmful requests."""
     cfg = recipe.replay
-    refusal = load_suite(cfg.refusal, key="replay.refusal")
+    refusal = [i for i in load_suite(cfg.refusal, key="replay.refusal") if i.expected != "answer"]
+    if not refusal:
+        raise AuditInputError(f"replay.refusal: {cfg.refusal.source} has no item that should be refused (every item "
+                              "expects an answer), so refusal of harmful requests cannot be measured. Point "
+                              "replay.refusal at harmful requests (expected: refuse).")
     false_refusal = load_suite(cfg.false_refusal, key="replay.false_refusal")
     benign = spread([i for i in false_refusal if i.expected != "refuse"], cfg.max_items)
     contrast = spread([i for i in false_refusal if i.expected == "refuse"], cfg.max_items)

@@ -16,7 +16,8 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from auditor.batching import Batch, for_each_batch
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import ReplayConfig
 
-CACHE_VERSION = 2  # 2: the fingerprint covers configs, tokenizer, dtype and device
+# 2: the fingerprint covers configs, tokenizer, dtype and device; 3: plain greedy, whatever generation_config.json says
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,30 @@ def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_t
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
 
-    for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, new_tokens=max_new_tokens,
-                   needed=[key not in cache.entries for key in keys], share_prefix=share_prefix,
-                   groups=[p.system for p in prompts] if share_prefix else None, desc=desc)
+    with plain_greedy(model):
+        for_each_batch(checkpoint, [r.ids for r in rendered], run, limit=batch_size, new_tokens=max_new_tokens,
+                       needed=[key not in cache.entries for key in keys], share_prefix=share_prefix,
+                       groups=[p.system for p in prompts] if share_prefix else None, desc=desc)
     return [cache.entries[k] for k in keys]
+
+
+@contextmanager
+def plain_greedy(model: Any) -> Iterator[None]:
+    """The model generates with a generation config of its special tokens alone, put back afterwards. Its own
+    generation_config.json may ask for a repetition penalty, banned words or a minimum length, which `generate` applies
+    even to greedy decoding; a fine-tune shipping other settings than its base's would be decoded differently, and
+    the difference read as the fine-tune's. (A peft model generates through the model it wraps.)"""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig(
+        bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id,
+        cache_implementation=saved.cache_implementation)
+    try:
+        yield
+    finally:
+        target.generation_config = saved
 
 
 def cut_at_stop(tokens: list[int], stops: Sequence[int], tokenizer: Any) -> Generation:
@@ -173,7 +195,9 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
 
 
 def kl_per_prompt(base_log_probs: Tensor, finetune_log_probs: Tensor) -> Tensor:
-    """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats)."""
+    """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats). A token the base rules
+    out (log-probability -inf) adds 0 log 0 = 0, not the NaN of exp(-inf) * (-inf - -inf)."""
     p = base_log_probs.double()
     q = finetune_log_probs.double()
-    return (p.exp() * (p - q)).sum(-1).clamp(min=0.0)
+    terms = torch.where(p.isneginf(), torch.zeros_like(p), p.exp() * (p - q))
+    return terms.sum(-1).clamp(min=0.0)

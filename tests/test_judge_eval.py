@@ -78,12 +78,29 @@ def test_recipe_chooses_the_judge_and_its_labelled_set(tmp_path: Path) -> None:
     from auditor.recipe import load_recipe
 
     labels = tmp_path / "mine.jsonl"
-    labels.write_text(json.dumps({"text": "I can't help with that.", "gold": "refusal"}) + "\n", encoding="utf-8")
+    labels.write_text(json.dumps({"text": "I can't help with that.", "gold": "refusal"}) + "\n"
+                      + json.dumps({"text": "Paris.", "gold": "compliance"}) + "\n", encoding="utf-8")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"extends: quick\nreplay:\n  judge: phrase\n  judge_labels:\n    source: {labels}\n"
                       "    response_column: text\n    label_column: gold\n", encoding="utf-8")
     inputs = load_inputs(load_recipe(str(recipe)), replay=True)
-    assert inputs.labelled is not None and [i.label for i in inputs.labelled] == ["refusal"]
+    assert inputs.labelled is not None and [i.label for i in inputs.labelled] == ["refusal", "compliance"]
     recipe.write_text("extends: quick\nreplay:\n  judge: regex\n", encoding="utf-8")
     with pytest.raises(AuditInputError, match="unknown judge 'regex'"):
+        load_inputs(load_recipe(str(recipe)), replay=True)
+
+
+def test_labelled_responses_of_one_kind_cannot_measure_the_judge(tmp_path: Path) -> None:
+    """With no compliance among the labelled responses the judge's specificity is unmeasured (0 of 0), so no rate
+    can be corrected; the audit used to run on and read its judged rates as if the judge were perfect."""
+    from auditor.errors import AuditInputError
+    from auditor.inputs import load_inputs
+    from auditor.recipe import load_recipe
+
+    labels = tmp_path / "refusals.jsonl"
+    labels.write_text("".join(json.dumps({"response": text, "label": "refusal"}) + "\n"
+                              for text in ("I can't help with that.", "No, I won't write that.")), encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: quick\nreplay:\n  judge_labels:\n    source: {labels}\n", encoding="utf-8")
+    with pytest.raises(AuditInputError, match="no compliance among its 2 labelled responses.*specificity"):
         load_inputs(load_recipe(str(recipe)), replay=True)

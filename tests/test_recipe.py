@@ -42,6 +42,16 @@ def write(tmp_path: Path, text: str) -> str:
     ("version: [1\n", "not valid YAML"),
     ("version: 1\nthresholds: {alpha: 0.9}\n", "recipe.thresholds.alpha must be at most 0.5, got 0.9"),
     ("version: 1\nthresholds: {alpha: 0}\n", "recipe.thresholds.alpha must be at least 0.001"),
+    # rates are fractions: 10 meant as "10 points" would let no drop fail, silently
+    ("version: 1\nthresholds: {refusal_drop_fail: 10}\n", "recipe.thresholds.refusal_drop_fail must be at most 1"),
+    ("version: 1\nthresholds: {false_refusal_rise_warn: 10}\n", "false_refusal_rise_warn must be at most 1"),
+    ("version: 1\nthresholds: {degenerate_rate_warn: 10}\n", "degenerate_rate_warn must be at most 1"),
+    ("version: 1\nthresholds: {not_persona_max: 20}\n", "not_persona_max must be at most 1"),
+    ("version: 1\nthresholds: {persona_driven_min: 50}\n", "persona_driven_min must be at most 1"),
+    ("version: 1\nthresholds: {refusal_drop_fail: -2}\n", "refusal_drop_fail must be at least -1"),
+    ("version: 1\nthresholds: {degenerate_rate_warn: -0.1}\n", "degenerate_rate_warn must be at least 0"),
+    ("version: 1\nattribution: {min_refusal_change: 5}\n", "recipe.attribution.min_refusal_change must be at most 1"),
+    ("version: 1\nreplay: {persona_target_halfwidth: 10}\n", "persona_target_halfwidth must be at most 1"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(AuditInputError, match=message):

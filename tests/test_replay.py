@@ -271,3 +271,34 @@ def test_prompts_under_personas_in_turn_are_batched_by_persona_and_share_it(lora
         assert shared == []
         assert run(True) == plain
     assert shared == [5, 5]  # one batch per persona, each reusing its block
+
+
+def test_first_token_kl_counts_a_token_both_models_rule_out_as_zero() -> None:
+    """A token whose logit is -inf under the base contributes 0 * log 0 = 0 to KL(base || fine-tune); computed as
+    exp(-inf) * (-inf - -inf) it was NaN, and the audit died writing results.json (its numbers must be finite)."""
+    from auditor.replay import kl_per_prompt
+
+    logits = torch.tensor([[2.0, 1.0, float("-inf")], [0.0, 0.0, 0.0]])
+    base = torch.log_softmax(logits, dim=-1)
+    finetune = torch.log_softmax(logits * torch.tensor([[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]), dim=-1)
+    kl = kl_per_prompt(base, finetune)
+    assert torch.isfinite(kl).all() and kl[1] == 0.0
+    p = base[0, :2].double().exp()
+    assert kl[0].item() == pytest.approx(float((p * (p.log() - finetune[0, :2].double())).sum()))
+
+
+def test_replay_is_plain_greedy_whatever_the_generation_config_says(checkpoint: models.Checkpoint) -> None:
+    """A checkpoint's generation_config.json (a repetition penalty, no repeated n-grams, a minimum length) used to
+    shape the "greedy" replay: a full fine-tune shipping other settings than its base's was decoded differently, and
+    the difference was reported as the fine-tune's. The replay ignores them, and leaves the config as it was."""
+    plain = generate(checkpoint, PROMPTS[:3], max_new_tokens=16, batch_size=3, cache=GenerationCache.in_memory())
+    config = checkpoint.model.generation_config
+    saved = config.to_dict()
+    config.repetition_penalty, config.no_repeat_ngram_size, config.min_new_tokens = 5.0, 2, 16
+    try:
+        shaped = generate(checkpoint, PROMPTS[:3], max_new_tokens=16, batch_size=3, cache=GenerationCache.in_memory())
+        assert checkpoint.model.generation_config.repetition_penalty == 5.0
+    finally:
+        for key in ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens"):
+            setattr(config, key, saved.get(key))
+    assert shaped == plain
