@@ -7,7 +7,8 @@ Speed depends on shapes, not on weights, so nothing is downloaded: the model is 
 configuration (Llama-3.1-8B's by default) with random bfloat16 weights on the device, with a random LoRA
 adapter (rank 16 on every attention and MLP projection) and a word-level tokenizer built in code over the
 whole vocabulary. Random weights stop at random, so every generation is held to exactly --new-tokens new
-tokens (the generation config's `min_new_tokens`), and tokens per second count what was generated.
+tokens (the stop tokens' logits are set to -inf while the replays are timed), and tokens per second count what
+was generated.
 
 Printed side by side, from one run, on the fine-tune (adapter on, as the audit replays it) and the default
 recipe's refusal and benign items: a per-prompt `generate` loop (--loop-prompts of them), plain batched
@@ -31,7 +32,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ from bench_replay import suite_items
 from auditor.activations import ChatPrompt, render
 from auditor.api import audit_model
 from auditor.batching import input_device
+from auditor.hooks import forward_hooks
 from auditor.inputs import load_inputs
 from auditor.models import Checkpoint, LoadOptions, prepare_tokenizer
 from auditor.recipe import load_recipe
@@ -97,8 +100,8 @@ def make_tokenizer(vocab_size: int) -> Any:
     return fast
 
 
-def make_finetune(config_name: str, device: torch.device, dtype: torch.dtype, new_tokens: int) -> Checkpoint:
-    """The random model with a random LoRA adapter (peft), on `device`, every generation held to `new_tokens`."""
+def make_finetune(config_name: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
+    """The random model with a random LoRA adapter (peft), on `device`."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -117,8 +120,22 @@ def make_finetune(config_name: str, device: torch.device, dtype: torch.dtype, ne
                 param.normal_(std=0.01)
     model.eval()
     model.requires_grad_(False)
-    model.generation_config.min_new_tokens = new_tokens
     return Checkpoint(model, prepare_tokenizer(tokenizer, f"random {config_name}", None))
+
+
+@contextmanager
+def never_stopping(checkpoint: Checkpoint) -> Iterator[None]:
+    """Random weights stop at random: inside, the stop tokens' logits are -inf, so every generation runs to its
+    full length, whichever way it is run (the auditor's replay applies no generation config, so the config's
+    `min_new_tokens` could not do this)."""
+    stops = stop_ids(checkpoint)
+
+    def ban(module: torch.nn.Module, args: object, logits: torch.Tensor) -> torch.Tensor:
+        logits[..., stops] = float("-inf")
+        return logits
+
+    with forward_hooks([(checkpoint.model.get_output_embeddings(), ban)]):
+        yield
 
 
 def timed_tokens(name: str, call: Callable[[], int], device: torch.device, note: str = "") -> Throughput:
@@ -190,11 +207,28 @@ def run(args: argparse.Namespace) -> list[str]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     bandwidth, peak, card = card_figures(device, args.bandwidth, args.peak_flops)
     started = time.perf_counter()
-    checkpoint = make_finetune(args.config, device, dtype, args.new_tokens)
+    checkpoint = make_finetune(args.config, device, dtype)
     built = time.perf_counter() - started
     prompts = [ChatPrompt(item.prompt) for item in suite_items(args.prompts)]
     lines = [f"{args.config} with a random rank-16 LoRA, {dtype}, on {card}; built in {built:.1f} s",
              f"{len(prompts)} prompts, exactly {args.new_tokens} new tokens each"]
+    with never_stopping(checkpoint):
+        lines += replay_lines(args, checkpoint, prompts, device, bandwidth, peak)
+    if args.audit_recipe:
+        recipe = load_recipe(args.audit_recipe)
+        started = time.perf_counter()
+        data = audit_model(checkpoint.model, checkpoint.tokenizer, base=None, recipe=recipe,
+                           inputs=load_inputs(recipe, replay=True), out=None,
+                           options=LoadOptions(device=device.type), name=f"random {args.config} + LoRA")
+        phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in data.timings.items())
+        lines.append(f"audit of the pair under recipe {args.audit_recipe}: {time.perf_counter() - started:.1f} s "
+                     f"({phases}); verdict {data.verdict}")
+    return lines
+
+
+def replay_lines(args: argparse.Namespace, checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
+                 device: torch.device, bandwidth: float, peak: float) -> list[str]:
+    """Tokens per second of each way to replay, the card's limit and both goals' verdicts."""
     auditor_replay(checkpoint, prompts[:2], args.new_tokens, 2)  # warm-up: kernels, allocator
     loop = timed_tokens("per-prompt generate loop", lambda: per_prompt_loop(
         checkpoint, prompts[:args.loop_prompts], args.new_tokens), device, f", {args.loop_prompts} prompts")
@@ -210,9 +244,9 @@ def run(args: argparse.Namespace) -> list[str]:
                         f", batches planned up to {args.batch_size}")
     batch = min(args.batch_size, len(prompts))
     limit, bound = card_limit(checkpoint.model, batch, bandwidth, peak)
-    lines += [t.line() for t in (loop, *plain, *static, ours)]
     share = ours.per_second / limit
-    lines += [f"card's limit at batch {batch}: {limit:.1f} new tokens/s ({bound}; key/value cache reads left out)",
+    return [t.line() for t in (loop, *plain, *static, ours)] + [
+              f"card's limit at batch {batch}: {limit:.1f} new tokens/s ({bound}; key/value cache reads left out)",
               f"auditor at {share:.1%} of the card's limit (target >= {LIMIT_SHARE_TARGET:.0%}: "
               f"{'reached' if share >= LIMIT_SHARE_TARGET else 'NOT reached'})",
               benchkit.ratio_line(f"auditor vs plain batched generate at its best ({best.name.split(', ')[-1]})",
@@ -220,17 +254,6 @@ def run(args: argparse.Namespace) -> list[str]:
               f"static cache against the plain batched generate at batch {best_size}: "
               f"{static[1].per_second / best.per_second:.2f}x in the second run "
               f"({'the first compiles' if device.type == 'cuda' else 'nothing is compiled on the CPU'})"]
-    if args.audit_recipe:
-        recipe = load_recipe(args.audit_recipe)
-        checkpoint.model.generation_config.min_new_tokens = None  # the audit generates as it always does
-        started = time.perf_counter()
-        data = audit_model(checkpoint.model, checkpoint.tokenizer, base=None, recipe=recipe,
-                           inputs=load_inputs(recipe, replay=True), out=None,
-                           options=LoadOptions(device=device.type), name=f"random {args.config} + LoRA")
-        phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in data.timings.items())
-        lines.append(f"audit of the pair under recipe {args.audit_recipe}: {time.perf_counter() - started:.1f} s "
-                     f"({phases}); verdict {data.verdict}")
-    return lines
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
