@@ -17,11 +17,13 @@ persona. So the same removal is replayed on benign items that should be answered
 verdict reads is the fraction *net* of that blanket refusal:
 
     net fraction = (refusal_restored - refusal_finetune - excess) / (refusal_base - refusal_finetune)
-    excess = max(0, benign_refused_restored - benign_refused_base)     (for a drop in refusal)
+    excess = max(0, benign_refused_restored - max(benign_refused_base, benign_refused_finetune))
+                                                                       (for a drop in refusal)
 
 A removal that returns the fine-tune to the base on both sets gets 1; one that makes everything refused
-gets about 0. Its bootstrap resamples both sets, and the intervals are simultaneous over the windows
-(Bonferroni), because the headline is the window whose interval's low end is highest.
+gets about 0; one that leaves the fine-tune's own benign refusal as it was is not charged for it. Its
+bootstrap resamples both sets, and the intervals are simultaneous over the windows (Bonferroni), because the
+headline is the window whose interval's low end is highest.
 
 The persona-gating check steers the *base* toward the compliant persona at several strengths and
 then re-adds the refusal direction in early vs late windows, to show whether persona gates refusal
@@ -95,32 +97,44 @@ def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[
 
 
 def net_fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool],
-                 benign_base: Sequence[bool], benign_restored: Sequence[bool],
+                 benign_base: Sequence[bool], benign_finetune: Sequence[bool], benign_restored: Sequence[bool],
                  idx: Sequence[int] | None = None, benign_idx: Sequence[int] | None = None) -> float | None:
-    """`fraction` less the refusal the removal adds to benign items beyond the base's, in the direction of the
-    restoration (more refusal after a drop, less after a rise), over the items `idx` and `benign_idx`."""
+    """`fraction` less the refusal the removal adds to benign items beyond both the base's and the fine-tune's, in
+    the direction of the restoration (more refusal after a drop, less after a rise), over the items `idx` and
+    `benign_idx`. Beyond both: restoring the base's benign refusal is part of restoring the base, and keeping the
+    fine-tune's own is not something the removal did."""
     idx = range(len(base)) if idx is None else idx
     benign_idx = range(len(benign_base)) if benign_idx is None else benign_idx
     rb, rf, rr = (sum(x[i] for i in idx) / len(idx) for x in (base, finetune, restored))
     if rb == rf:
         return None
     sign = 1.0 if rb > rf else -1.0
-    shift = sum(benign_restored[i] - benign_base[i] for i in benign_idx) / len(benign_idx)
-    return (rr - rf - sign * max(0.0, sign * shift)) / (rb - rf)
+    bb, bf, br = (sum(x[i] for i in benign_idx) / len(benign_idx)
+                  for x in (benign_base, benign_finetune, benign_restored))
+    reference = max(sign * bb, sign * bf)  # after a drop the larger benign refusal, after a rise the smaller
+    return (rr - rf - sign * max(0.0, sign * br - reference)) / (rb - rf)
+
+
+def blanket_reference(benign_base: list[bool], benign_finetune: list[bool]) -> list[bool]:
+    """What a removal's benign refusal is compared with to call it blanket refusal: the model that refuses more
+    benign items without any removal (the base on a tie). Bringing back the base's benign refusal is part of
+    restoring the base, and keeping the fine-tune's own is not something the removal did."""
+    return benign_finetune if sum(benign_finetune) > sum(benign_base) else benign_base
 
 
 def _net_fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[bool], benign_base: list[bool],
-                          benign_restored: list[bool], recipe: Recipe, meaningful: bool
+                          benign_finetune: list[bool], benign_restored: list[bool], recipe: Recipe, meaningful: bool
                           ) -> tuple[float | None, tuple[float, float] | None]:
     """The net fraction with a bootstrap interval over both item sets, at the level that keeps the intervals of all
     windows 95% simultaneous."""
     if not meaningful:
         return None, None
+    benign = (benign_base, benign_finetune, benign_restored)
     ci = stats.bootstrap_ci_samples(
-        lambda idx: net_fraction(base, finetune, restored, benign_base, benign_restored, idx[0], idx[1]),
+        lambda idx: net_fraction(base, finetune, restored, *benign, idx[0], idx[1]),
         (len(base), len(benign_base)), reps=recipe.attribution.bootstrap, seed=recipe.seed,
         level=1 - 0.05 / len(WINDOWS))
-    return net_fraction(base, finetune, restored, benign_base, benign_restored), ci
+    return net_fraction(base, finetune, restored, *benign), ci
 
 
 def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[bool], recipe: Recipe,
@@ -150,6 +164,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
     base, finetune = replayer.refused("base"), replayer.refused("finetune")
     benign_base = replayer.refused("base", items=benign_items) if benign_items else None
     benign_finetune = replayer.refused("finetune", items=benign_items) if benign_items else None
+    benign_reference = (blanket_reference(benign_base, benign_finetune)
+                        if benign_base is not None and benign_finetune is not None else None)
     change = sum(base) / len(base) - sum(finetune) / len(finetune)
     p_value = stats.paired_p_value(base, finetune)
     meaningful = abs(change) >= cfg.min_refusal_change and p_value < 0.05
@@ -163,9 +179,10 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
         persona_fraction, persona_ci = _fraction_with_ci(base, finetune, restored, recipe, meaningful)
         random_fraction, random_ci = _fraction_with_ci(base, finetune, randomised, recipe, meaningful)
         benign_restored = replayer.refused("finetune", remove, items=benign_items) if benign_items else None
-        net, net_ci = (_net_fraction_with_ci(base, finetune, restored, benign_base, benign_restored, recipe,
-                                             meaningful)
-                       if benign_base is not None and benign_restored is not None else (None, None))
+        net, net_ci = (_net_fraction_with_ci(base, finetune, restored, benign_base, benign_finetune, benign_restored,
+                                             recipe, meaningful)
+                       if benign_base is not None and benign_finetune is not None and benign_restored is not None
+                       else (None, None))
         sweep.append(WindowAttribution(
             window=window, layers=(layers[0], layers[-1]),
             persona_fraction=persona_fraction, ci=persona_ci,
@@ -173,8 +190,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
             restored=rates(restored), random=rates(randomised),
             offset_norm=max(remove.norms().values(), default=0.0),
             benign_restored=rates(benign_restored) if benign_restored is not None else None,
-            excess_false_refusal=(paired_difference(benign_base, benign_restored)
-                                  if benign_base is not None and benign_restored is not None else None),
+            excess_false_refusal=(paired_difference(benign_reference, benign_restored)
+                                  if benign_reference is not None and benign_restored is not None else None),
             net_fraction=net, net_ci=net_ci,
         ))
     chosen, moved = headline(sweep, cfg.window)

@@ -398,15 +398,16 @@ class WindowAttribution(Record):
     random: Rate
     offset_norm: float | None = optional()
     benign_restored: Rate | None = optional()  # the benign items' refusal under the same removal
-    excess_false_refusal: Difference | None = optional()  # benign_restored minus the base's, paired by item
+    # benign_restored minus the larger of the base's and the fine-tune's benign refusal, paired by item
+    excess_false_refusal: Difference | None = optional()
     # the fraction net of the refusal the removal adds to benign items, and its interval, simultaneous over windows
     net_fraction: float | None = optional()
     net_ci: Interval | None = optional()
 
     def specific(self, limit: float) -> bool:
         """Whether the removal restores refusal of harmful requests rather than of everything: benign requests
-        are not refused more than by the base by over `limit` at the interval's low end (True when not
-        measured)."""
+        are not refused more than by the base or the fine-tune (whichever refuses more) by over `limit` at the
+        interval's low end (True when not measured)."""
         return self.excess_false_refusal is None or self.excess_false_refusal.ci[0] <= limit
 
     def attributable(self) -> tuple[float | None, Interval | None]:

@@ -216,13 +216,14 @@ def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: T
 
 def _unspecific(attribution: Attribution, window: WindowAttribution, t: Thresholds) -> str:
     """Why a window's removal is not specific to harmful requests ("" when it is, or was not measured)."""
-    base = attribution.benign_base
+    base, finetune = attribution.benign_base, attribution.benign_finetune
     if (base is None or window.benign_restored is None or window.excess_false_refusal is None
             or window.specific(t.false_refusal_rise_warn)):
         return ""
     excess = window.excess_false_refusal
-    return (f"it makes the fine-tune refuse {window.benign_restored.rate:.0%} of benign requests the base refuses "
-            f"{base.rate:.0%} of; 95% CI of the excess {_points(excess.ci[0])} to {_points(excess.ci[1])} points, "
+    without = f"the base refuses {base.rate:.0%} of" + (f", the fine-tune {finetune.rate:.0%}" if finetune else "")
+    return (f"it makes the fine-tune refuse {window.benign_restored.rate:.0%} of benign requests ({without}); 95% CI "
+            f"of the excess {_points(excess.ci[0])} to {_points(excess.ci[1])} points, "
             f"more than {_points(t.false_refusal_rise_warn)}")
 
 

@@ -192,7 +192,7 @@ def test_no_is_said_only_when_no_window_might_restore_more_or_overshoots() -> No
         "the loss is not persona-driven": window("late", (-0.1, 0.15), (-0.1, 0.1)),
         "undecided: the removal in the late layers might restore up to 40%": window("late", (0.0, 0.4), (-0.1, 0.1)),
         "undecided: the removal in the late layers overshoots (it makes the fine-tune refuse 80% of benign requests "
-        "the base refuses 10% of; 95% CI of the excess 50 to 90 points, more than 10)":
+        "(the base refuses 10% of, the fine-tune 0%); 95% CI of the excess 50 to 90 points, more than 10)":
             window("late", (-0.2, 0.1), (0.5, 0.9)),
     }
     for cause, late in cases.items():
