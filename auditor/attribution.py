@@ -71,12 +71,20 @@ class Replayer:
         self.judges = Judges(refusal_judge)
         self.config = replace(recipe.replay, max_new_tokens=recipe.attribution.max_new_tokens)
 
+    def intervention(self, offsets: Offsets | None) -> str | None:
+        """The intervention's part of a generation-cache key: its vectors, and the modules its hooks go on when
+        the recipe names them (`layers_path`; found by architecture otherwise)."""
+        if offsets is None:
+            return None
+        where = self.recipe.layers_path
+        return offsets.digest() if where is None else f"{offsets.digest()} at {where}"
+
     def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = (),
                 items: list[PromptItem] | None = None) -> list[bool]:
         """Refusal per item (the refusal items unless `items` says otherwise); with `systems`, the items are
         asked under those system prompts in turn."""
         items = self.items if items is None else items
-        cache = open_cache(self.pair, side, self.config, self.cache_dir, offsets.digest() if offsets else None)
+        cache = open_cache(self.pair, side, self.config, self.cache_dir, self.intervention(offsets))
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
         prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(items)]
                    if systems else None)

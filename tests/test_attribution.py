@@ -250,3 +250,13 @@ def test_blanket_refusal_is_measured_against_the_model_that_refuses_more_benign_
     assert attribution.blanket_reference(base, finetune) is finetune
     assert attribution.blanket_reference(finetune, base) is finetune
     assert attribution.blanket_reference(base, list(base)) is base
+
+
+def test_an_interventions_cache_key_names_the_modules_its_hooks_go_on() -> None:
+    """Generations under the same vectors hooked on other modules (`layers_path`) are other generations."""
+    offsets = interventions.window_offsets("remove", torch.ones(4, 3), {1: 1.0})
+    found = attribution.Replayer(None, load_recipe("quick"), [], None, judge.PhraseJudge())  # type: ignore[arg-type]
+    named = attribution.Replayer(None, replace(load_recipe("quick"), layers_path="model.layers"), [], None,
+                                 judge.PhraseJudge())  # type: ignore[arg-type]
+    assert found.intervention(None) is None and found.intervention(offsets) == offsets.digest()
+    assert named.intervention(offsets) not in (None, offsets.digest())
