@@ -43,6 +43,7 @@ from auditor import stats
 from auditor.activations import ChatPrompt
 from auditor.behaviour import Judges, judge_items, paired_difference
 from auditor.directions import DirectionsResult, shift_along
+from auditor.errors import AuditInputError
 from auditor.inputs import Suites
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
@@ -168,6 +169,10 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
     persona = directions.persona if cfg.direction == "persona" else directions.persona_without_refusal()
     shifts = shift_along(measured.neutral_moved[position], persona).tolist()
     n_layers = len(shifts)
+    if n_layers < len(WINDOWS):
+        raise AuditInputError(f"attribution removes the persona shift in the early, middle and late thirds of the "
+                              f"decoder blocks, and this model has {n_layers}. Run `drift-audit replay` instead: "
+                              "directions and replay without attribution.")
     replayer = Replayer(pair, recipe, items, cache_dir, refusal_judge)
     base, finetune = replayer.refused("base"), replayer.refused("finetune")
     benign_base = replayer.refused("base", items=benign_items) if benign_items else None

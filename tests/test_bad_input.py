@@ -210,3 +210,15 @@ def test_malformed_adapter_config(base_dir: Path, lora_random_dir: Path, tmp_pat
     path.write_text(json.dumps({**config, **change}) if change else path.read_text()[:-20])
     code, err = run(["directions", "--finetune", str(adapter), "--out", str(tmp_path / "o")], capsys)  # no --base
     assert_bad_input(code, err, needle, "adapter_config.json")
+
+
+def test_too_few_decoder_blocks_for_attribution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A two-block model has no early, middle and late thirds: a clear error, not an IndexError."""
+    from conftest import write_replay_recipe
+
+    shallow = make_model(tmp_path / "shallow", layers=2)
+    finetune = lora_adapter(shallow, tmp_path / "adapter", random=True)
+    code, err = run(["audit", "--base", str(shallow), "--finetune", str(finetune), "--recipe",
+                     str(write_replay_recipe(tmp_path)), "--out", str(tmp_path / "o"), "--no-cache"], capsys)
+    assert_bad_input(code, err, "this model has 2", "drift-audit replay")
+    assert not (tmp_path / "o" / "results.json").exists()
