@@ -30,7 +30,7 @@ def trainer_for(base_dir: Path, out: Path, steps: int) -> object:
 def recipes(tmp_path: Path) -> tuple[str, str]:
     normal = write_replay_recipe(tmp_path)
     failing = tmp_path / "fail.yaml"
-    failing.write_text(f"version: 1\nextends: {normal}\nthresholds: {{refusal_drop_fail: -2.0}}\n")
+    failing.write_text(f"version: 1\nextends: {normal}\nthresholds: {{refusal_drop_fail: -1.0}}\n")
     return str(normal), str(failing)
 
 
