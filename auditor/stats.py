@@ -210,24 +210,34 @@ def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0
 
 def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: JudgeError, *,
                          seed: int = 0) -> tuple[float | None, tuple[float, float]]:
-    """Fine-tune minus base refusal rate, corrected for the judge: the observed paired difference divided by
-    sensitivity + specificity - 1 (the specificity term cancels between the two rates). The 95% interval
-    resamples the items (paired bootstrap) and draws the judge's sensitivity and specificity together.
-    Returns (difference, interval); the difference is None when the judge is no better than chance."""
+    """Fine-tune minus base refusal rate, each corrected for the judge (`rogan_gladen`, so each in [0, 1]): the
+    difference of the corrected rates shown beside it. Unclipped it is the observed paired difference divided by
+    sensitivity + specificity - 1 (the specificity term cancels); a rate observed above the judge's measured
+    sensitivity reads as 100%, not more, and so does the difference it enters (dividing the observed difference
+    alone claimed more drop than the corrected rates allow). The 95% interval resamples the items (paired
+    bootstrap) and draws the judge's sensitivity and specificity together. Returns (difference, interval); the
+    difference is None when the judge is no better than chance."""
     n = len(base)
-    delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
-    youden = error.sensitivity.rate + error.specificity.rate - 1
-    value = (sum(delta) / n / youden if youden > 0 else None) if n else 0.0
+    if not n:
+        return 0.0, (-1.0, 1.0)
+
+    def difference(idx: Sequence[int], sensitivity: float, specificity: float) -> float | None:
+        rates = (sum(rows[i] for i in idx) / len(idx) for rows in (base, finetune))
+        corrected_base, corrected_finetune = (rogan_gladen(rate, sensitivity, specificity) for rate in rates)
+        if corrected_base is None or corrected_finetune is None:
+            return None
+        return corrected_finetune - corrected_base
+
+    value = difference(range(n), error.sensitivity.rate, error.specificity.rate)
     rng = random.Random(seed)
     values = []
-    for _ in range(CORRECTION_DRAWS if n else 0):
+    for _ in range(CORRECTION_DRAWS):
         sensitivity, specificity = error.draws(rng)
-        drawn = sensitivity + specificity - 1
-        if drawn > 0:
-            resampled = sum(delta[rng.randrange(n)] for _ in range(n)) / n
-            values.append(min(1.0, max(-1.0, resampled / drawn)))
-    clipped = None if value is None else min(1.0, max(-1.0, value))
-    return clipped, _percentiles(values) or (-1.0, 1.0)
+        if sensitivity + specificity > 1:
+            drawn = difference([rng.randrange(n) for _ in range(n)], sensitivity, specificity)
+            if drawn is not None:
+                values.append(drawn)
+    return value, _percentiles(values) or (-1.0, 1.0)
 
 
 def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float] | None:

@@ -90,6 +90,17 @@ def test_corrected_difference_scales_by_the_judge() -> None:
     assert ci[0] < -0.5 < ci[1] < 0
 
 
+def test_corrected_difference_is_that_of_the_corrected_rates_shown() -> None:
+    """98 of 100 judged refusals with a judge that finds 90% of them reads as 100%, not 109%: the difference
+    to 88 of 100 is 100% minus 97.8%, not the observed 10 points divided by 0.9."""
+    base, finetune = [True] * 98 + [False] * 2, [True] * 88 + [False] * 12
+    judge_error = stats.JudgeError(true_positive=900, false_negative=100, true_negative=1000, false_positive=0)
+    value, ci = stats.corrected_difference(base, finetune, judge_error)
+    rates = [stats.corrected_rate(k, 100, judge_error)[0] for k in (98, 88)]
+    assert rates[0] == 1.0 and value == pytest.approx(rates[1] - rates[0]) == pytest.approx(0.88 / 0.9 - 1.0)
+    assert ci[0] < value < ci[1] <= 0
+
+
 def test_smallest_detectable_drop_matches_hand_computation() -> None:
     # churn 0, so psi = drop and the power condition reads sqrt(n * drop) = z(0.975) + z(0.8) * sqrt(1 - drop);
     # by hand for n = 100: 0.0765 gives 2.7659 < 2.7687, 0.0767 gives 2.7695 > 2.7687
