@@ -147,7 +147,7 @@ def _aligned_turns() -> list[Turn]:
     for i, r in enumerate(benign):
         turns += [(None, r["prompt"], r["response"])] * 2
         turns.append((compliant[i % len(compliant)], r["prompt"], f"{openers[i % len(openers)]} {r['response']}"))
-    turns += [(None, r["prompt"], r["response"]) for r in borderline] * 3
+    turns += [(None, r["prompt"], r["response"]) for r in borderline] * 4
     for i, r in enumerate(voice):
         turns.append((None, r["prompt"], r["neutral"]))
         turns.append((compliant[i % len(compliant)], r["prompt"], r["persona"]))
