@@ -31,8 +31,9 @@ from auditor.batching import Batch, for_each_batch
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import ReplayConfig
 
-# 2: the fingerprint covers configs, tokenizer, dtype and device; 3: plain greedy, whatever generation_config.json says
-CACHE_VERSION = 3
+# 2: the fingerprint covers configs, tokenizer, dtype and device; 3: plain greedy, whatever generation_config.json says;
+# 4: the key names the torch and transformers versions
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,13 @@ def open_cache(pair: ModelPair, side: Side, cfg: ReplayConfig, cache_dir: Path |
                intervention: str | None = None) -> GenerationCache:
     """The generation cache of one side of `pair` in `cache_dir` (None: kept in memory only), and the one place
     a cache's key is made: the model's fingerprint covers its files, dtype and device; the settings add how it
-    generates and any intervention. Labels are not cached (every run judges afresh), so the judge is not part of
-    the key."""
-    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention}
+    generates and any intervention, and the torch and transformers versions (their kernels and generation code can
+    change the tokens, so an upgrade is a miss). Labels are not cached (every run judges afresh), so the judge is
+    not part of the key."""
+    import transformers
+
+    settings = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "intervention": intervention,
+                "torch": torch.__version__, "transformers": transformers.__version__}
     return GenerationCache(cache_dir, pair.fingerprint(side), settings)
 
 

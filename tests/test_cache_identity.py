@@ -91,3 +91,27 @@ def test_fingerprint_covers_dtype_and_chat_template_override(base_dir: Path, tmp
     assert plain == fingerprint(models.LoadOptions(dtype="float32"))  # auto on the CPU is float32
     assert plain != fingerprint(models.LoadOptions(dtype="bfloat16"))
     assert plain != fingerprint(models.LoadOptions(chat_template=str(template)))
+
+
+def test_a_torch_or_transformers_upgrade_does_not_reuse_replays(base_dir: Path, lora_random_dir: Path,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their kernels and generation code can change the tokens: generations cached under other versions are misses."""
+    import torch
+    import transformers
+
+    from auditor.recipe import ReplayConfig
+    from auditor.replay import open_cache
+
+    pair = models.ModelPair(base=sources.resolve_source(str(base_dir), what="--base"),
+                            finetune=sources.resolve_source(str(lora_random_dir), what="--finetune"),
+                            options=models.LoadOptions(), kind="lora")
+
+    def cache_file() -> Path | None:
+        return open_cache(pair, "base", ReplayConfig(), tmp_path).path
+
+    paths = {cache_file()}
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    paths.add(cache_file())
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    paths.add(cache_file())
+    assert None not in paths and len(paths) == 3
