@@ -73,6 +73,7 @@ class Judged:
     label: judge.Label
     first_token_score: float | None  # None where the replay skipped it (persona design, attribution)
     second_label: judge.Label | None = None
+    readable: bool = True  # in a language the judge reads (judge.Judge.reads)
 
     @property
     def refused(self) -> bool:
@@ -97,6 +98,7 @@ def side_summary(judged: Sequence[Judged], error: stats.JudgeError | None = None
         compliance_rate=counts["compliance"] / n if n else 0.0,
         counts={label: counts[label] for label in judge.LABELS},
         corrected=corrected,
+        unreadable=sum(not j.readable for j in judged),
     )
 
 
@@ -164,7 +166,8 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
         scores = judge.first_token_scores(log_probs, range(len(refusal_ids))).tolist()  # columns: refusal_ids
     return [
         Judged(item=item, text=gen.text, label=judges.main.label(item.prompt, response), first_token_score=score,
-               second_label=judges.second.label(item.prompt, response) if judges.second else None)
+               second_label=judges.second.label(item.prompt, response) if judges.second else None,
+               readable=judges.main.reads(gen.text))
         for item, gen, score in zip(items, generations, scores, strict=True)
         for response in [judge.Response(gen.text, gen.token_ids)]
     ]

@@ -160,6 +160,7 @@ class SideSummary(Rate):
     partial_rate: Probability | None = optional()
     counts: dict[str, Count] | None = optional()
     corrected: CorrectedRate | None = optional()
+    unreadable: Count | None = optional()  # responses not in a language the judge reads: their labels mean nothing
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,6 +131,14 @@ def test_results_without_judge_figures_still_render(audit_dir: Path) -> None:
     assert "Smallest detectable" not in report.render_html(typed(data)) + report.render_summary(typed(data))
 
 
+def test_responses_the_judge_cannot_read_are_counted_in_the_report(audit_dir: Path) -> None:
+    data = json.loads((audit_dir / "results.json").read_text())
+    assert "not in a language the judge reads" not in report.render_html(typed(data))  # none unread: no row
+    data["replay"]["refusal"]["finetune"]["unreadable"] = 3
+    assert "not in a language the judge reads" in report.render_html(typed(data))
+    assert f"3 of {data['replay']['refusal']['finetune']['n']}" in report.render_html(typed(data))
+
+
 def test_model_output_is_inert_in_markdown(audit_dir: Path) -> None:
     data = with_payload(json.loads((audit_dir / "results.json").read_text()))
     summary = report.render_summary(typed(data))
