@@ -8,6 +8,7 @@ module reads prompt or suite files: `directions` captures `Inputs.prompts`, `beh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -18,6 +19,7 @@ from auditor.recipe import Recipe
 from auditor.suites import Persona, PromptItem, load_personas, load_prompts, load_suite, load_templates, spread
 
 MIN_PROMPTS = 2  # each direction set is split in two halves for the noise floor; a half with no prompt has no mean
+FEW_PROMPTS = 16  # below this a half's mean is so noisy that the floors, and every shift read against them, are noise
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
             raise AuditInputError(f"directions.{key}: {getattr(cfg, key)} has {len(prompts)} prompt(s); the split-half "
                                   f"noise floor needs at least {MIN_PROMPTS} (a meaningful one, 16 or more). Add "
                                   f"prompts or point directions.{key} at a larger file.")
+        if len(prompts) < FEW_PROMPTS:
+            warnings.warn(f"directions.{key}: {getattr(cfg, key)} has only {len(prompts)} prompts: with fewer than "
+                          f"{FEW_PROMPTS} the noise floors are themselves noise, and so is every shift read against "
+                          "them. Add prompts for a meaningful floor.", RuntimeWarning, stacklevel=2)
     personas = load_personas(cfg.personas, key="directions.personas")
     by_kind = {kind: [p.system for p in personas if p.group == kind] for kind in ("compliant", "default")}
     for kind, systems in by_kind.items():

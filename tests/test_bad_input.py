@@ -109,6 +109,16 @@ def alias_bomb(levels: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_a_handful_of_direction_prompts_warns_that_the_floors_are_noise(tmp_path: Path) -> None:
+    from auditor import inputs
+    from auditor.recipe import load_recipe
+
+    (tmp_path / "few.jsonl").write_text("".join(f'{{"prompt": "question {i}"}}\n' for i in range(5)))
+    (tmp_path / "r.yaml").write_text(f"version: 1\ndirections: {{harmful: {tmp_path / 'few.jsonl'}}}\n")
+    with pytest.warns(RuntimeWarning, match="directions.harmful: .* has only 5 prompts"):
+        inputs.prompt_sets(load_recipe(str(tmp_path / "r.yaml")))
+
+
 @pytest.mark.parametrize("recipe, needle", [
     ("version: 1\nbogus: 1\n", "unknown key 'bogus'"),
     ("version: 1\nbatch_size: many\n", "recipe.batch_size must be of type int"),
