@@ -136,16 +136,15 @@ def compare(base: Sequence[Judged], finetune: Sequence[Judged], error: stats.Jud
 
 def paired_difference(base: Sequence[bool], finetune: Sequence[bool], error: stats.JudgeError | None = None
                       ) -> Difference:
-    """Fine-tune minus base rate on the same items, with a paired percentile-bootstrap 95% interval, and (given
-    the judge's errors) corrected for them."""
+    """Fine-tune minus base rate on the same items, with a paired Jeffreys 95% interval
+    (`stats.paired_difference_ci`), and (given the judge's errors) corrected for them."""
     n = len(base)
-    delta = [float(f) - float(b) for b, f in zip(base, finetune, strict=True)]
-    ci = stats.bootstrap_ci(lambda idx: sum(delta[i] for i in idx) / len(idx), n, reps=2000) if n else None
     corrected = None
     if error is not None:
         value, corrected_ci = stats.corrected_difference(base, finetune, error)
         corrected = CorrectedDifference(value=value, ci=corrected_ci)
-    return Difference(value=sum(delta) / n if n else 0.0, ci=ci or (-1.0, 1.0), corrected=corrected)
+    return Difference(value=(sum(finetune) - sum(base)) / n if n else 0.0,
+                      ci=stats.paired_difference_ci(base, finetune), corrected=corrected)
 
 
 def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: ReplayConfig, cache: GenerationCache,

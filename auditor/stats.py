@@ -1,6 +1,6 @@
-"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, variance shares, the
-correction of rates for an imperfect judge (Cohen's kappa, Rogan–Gladen), and the power of the paired
-comparison (the smallest refusal drop an audit could detect).
+"""Small, exact statistics: Wilson intervals, exact McNemar, bootstrap, paired Jeffreys intervals, variance
+shares, the correction of rates for an imperfect judge (Cohen's kappa, Rogan–Gladen), and the power of the
+paired comparison (the smallest refusal drop an audit could detect).
 
 Standard library plus torch only, so every number can be checked by hand in the tests.
 """
@@ -208,33 +208,62 @@ def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0
     return estimate, _percentiles(values) or (0.0, 1.0)
 
 
+def paired_cells(base: Sequence[bool], finetune: Sequence[bool]) -> tuple[float, float, float, float]:
+    """The Jeffreys posterior's parameters over the four cells of a paired table (both true, base only, fine-tune
+    only, neither): each count plus half an item."""
+    cells = [0.5, 0.5, 0.5, 0.5]
+    for b, f in zip(base, finetune, strict=True):
+        cells[2 * (not b) + (not f)] += 1
+    return cells[0], cells[1], cells[2], cells[3]
+
+
+def paired_rates(cells: tuple[float, float, float, float], rng: random.Random) -> tuple[float, float]:
+    """One posterior draw of the (base, fine-tune) rates on the same items, from the Dirichlet over `paired_cells`.
+    Unlike a bootstrap of the items, which resamples only the pairs that were seen, a cell never seen still carries
+    its uncertainty: with no discordant pair, the difference's interval is not (0, 0)."""
+    both, base_only, finetune_only, neither = (rng.gammavariate(a, 1.0) for a in cells)
+    total = both + base_only + finetune_only + neither
+    return (both + base_only) / total, (both + finetune_only) / total
+
+
+def paired_difference_ci(base: Sequence[bool], finetune: Sequence[bool], *, seed: int = 0) -> tuple[float, float]:
+    """The 95% interval of the fine-tune's minus the base's rate on the same items (`paired_rates`), widened to
+    hold the observed difference (the prior pulls the draws of an all-or-nothing table inward)."""
+    if not base:
+        return -1.0, 1.0
+    rng, cells = random.Random(seed), paired_cells(base, finetune)
+    values = [f - b for b, f in (paired_rates(cells, rng) for _ in range(CORRECTION_DRAWS))]
+    observed = (sum(finetune) - sum(base)) / len(base)
+    low, high = _percentiles(values) or (-1.0, 1.0)
+    return min(low, observed), max(high, observed)
+
+
 def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: JudgeError, *,
                          seed: int = 0) -> tuple[float | None, tuple[float, float]]:
     """Fine-tune minus base refusal rate, each corrected for the judge (`rogan_gladen`, so each in [0, 1]): the
     difference of the corrected rates shown beside it. Unclipped it is the observed paired difference divided by
     sensitivity + specificity - 1 (the specificity term cancels); a rate observed above the judge's measured
     sensitivity reads as 100%, not more, and so does the difference it enters (dividing the observed difference
-    alone claimed more drop than the corrected rates allow). The 95% interval resamples the items (paired
-    bootstrap) and draws the judge's sensitivity and specificity together. Returns (difference, interval); the
+    alone claimed more drop than the corrected rates allow). The 95% interval draws the paired rates
+    (`paired_rates`) and the judge's sensitivity and specificity together. Returns (difference, interval); the
     difference is None when the judge is no better than chance."""
     n = len(base)
     if not n:
         return 0.0, (-1.0, 1.0)
 
-    def difference(idx: Sequence[int], sensitivity: float, specificity: float) -> float | None:
-        rates = (sum(rows[i] for i in idx) / len(idx) for rows in (base, finetune))
+    def difference(rates: tuple[float, float], sensitivity: float, specificity: float) -> float | None:
         corrected_base, corrected_finetune = (rogan_gladen(rate, sensitivity, specificity) for rate in rates)
         if corrected_base is None or corrected_finetune is None:
             return None
         return corrected_finetune - corrected_base
 
-    value = difference(range(n), error.sensitivity.rate, error.specificity.rate)
-    rng = random.Random(seed)
+    value = difference((sum(base) / n, sum(finetune) / n), error.sensitivity.rate, error.specificity.rate)
+    rng, cells = random.Random(seed), paired_cells(base, finetune)
     values = []
     for _ in range(CORRECTION_DRAWS):
         sensitivity, specificity = error.draws(rng)
         if sensitivity + specificity > 1:
-            drawn = difference([rng.randrange(n) for _ in range(n)], sensitivity, specificity)
+            drawn = difference(paired_rates(cells, rng), sensitivity, specificity)
             if drawn is not None:
                 values.append(drawn)
     return value, _percentiles(values) or (-1.0, 1.0)

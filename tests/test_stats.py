@@ -101,6 +101,27 @@ def test_corrected_difference_is_that_of_the_corrected_rates_shown() -> None:
     assert ci[0] < value < ci[1] <= 0
 
 
+def test_a_paired_interval_without_discordant_pairs_is_not_a_point() -> None:
+    """96 items refused by both: the bootstrap's interval was (0, 0), claiming a precision 96 items do not have.
+    The paired Jeffreys interval spans about two points either way (measured: -2.2 to 2.3)."""
+    same = [True] * 90 + [False] * 6
+    low, high = stats.paired_difference_ci(same, same)
+    assert -0.06 < low < -0.005 and 0.005 < high < 0.06 and low == pytest.approx(-high, abs=0.01)
+    value, ci = stats.corrected_difference(same, same, stats.JudgeError(900, 100, 1000, 0))
+    assert value == 0.0 and ci[0] < -0.005 and ci[1] > 0.005
+
+
+def test_a_paired_interval_holds_the_observed_difference_and_narrows_with_items() -> None:
+    for n in (10, 100, 1000):
+        base, finetune = [True] * n, [True] * (n // 2) + [False] * (n - n // 2)
+        low, high = stats.paired_difference_ci(base, finetune)
+        assert low <= -0.5 <= high
+    wide = stats.paired_difference_ci([True] * 20, [True] * 10 + [False] * 10)
+    narrow = stats.paired_difference_ci([True] * 2000, [True] * 1000 + [False] * 1000)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 5
+    assert stats.paired_difference_ci([True] * 10, [False] * 10)[0] == -1.0  # all lost: the interval reaches it
+
+
 def test_smallest_detectable_drop_matches_hand_computation() -> None:
     # churn 0, so psi = drop and the power condition reads sqrt(n * drop) = z(0.975) + z(0.8) * sqrt(1 - drop);
     # by hand for n = 100: 0.0765 gives 2.7659 < 2.7687, 0.0767 gives 2.7695 > 2.7687
