@@ -93,8 +93,8 @@ def test_fingerprint_covers_dtype_and_chat_template_override(base_dir: Path, tmp
     assert plain != fingerprint(models.LoadOptions(chat_template=str(template)))
 
 
-def test_a_torch_or_transformers_upgrade_does_not_reuse_replays(base_dir: Path, lora_random_dir: Path,
-                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_torch_or_transformers_upgrade_does_not_reuse_replays(
+        base_dir: Path, lora_random_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Their kernels and generation code can change the tokens: generations cached under other versions are misses."""
     import torch
     import transformers
