@@ -7,7 +7,8 @@ direction is the alternative): a fine-tune that edits refusal directly must not 
 
     attributable fraction = (refusal_restored - refusal_finetune) / (refusal_base - refusal_finetune)
 
-with a paired bootstrap interval over prompts, next to the same intervention along a random
+with a posterior interval over the prompts' paired outcomes (`stats.JointTable`: never certain of a fraction
+that a few dozen prompts measured), next to the same intervention along a random
 direction of equal norm, orthogonal to the refusal direction (the control). Early, middle and late
 windows are all reported (Zhong & Li 2026 find that only late windows restore refusal). When the
 refusal change itself is within noise the fraction is not computed: dividing by noise gives noise.
@@ -22,7 +23,7 @@ verdict reads is the fraction *net* of that blanket refusal:
 
 A removal that returns the fine-tune to the base on both sets gets 1; one that makes everything refused
 gets about 0; one that leaves the fine-tune's own benign refusal as it was is not charged for it. Its
-bootstrap resamples both sets, and the intervals are simultaneous over the windows (Bonferroni), because the
+interval draws both sets, and the intervals are simultaneous over the windows (Bonferroni), because the
 headline is the window whose interval's low end is highest.
 
 The persona-gating check steers the *base* toward the compliant persona at several strengths and
@@ -96,32 +97,37 @@ class Replayer:
         return [j.refused for j in judged]
 
 
-def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool],
-             idx: Sequence[int] | None = None) -> float | None:
-    """(restored - finetune) / (base - finetune) refusal rates over the items `idx` (None: undefined)."""
-    idx = range(len(base)) if idx is None else idx
-    n = len(idx)
-    rb, rf, rr = (sum(x[i] for i in idx) / n for x in (base, finetune, restored))
-    return None if rb == rf else (rr - rf) / (rb - rf)
+def _rate(items: Sequence[bool]) -> float:
+    return sum(items) / len(items)
+
+
+def fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool]) -> float | None:
+    """(restored - finetune) / (base - finetune) refusal rates (None: undefined)."""
+    return fraction_of_rates(_rate(base), _rate(finetune), _rate(restored))
+
+
+def fraction_of_rates(base: float, finetune: float, restored: float) -> float | None:
+    return None if base == finetune else (restored - finetune) / (base - finetune)
 
 
 def net_fraction(base: Sequence[bool], finetune: Sequence[bool], restored: Sequence[bool],
-                 benign_base: Sequence[bool], benign_finetune: Sequence[bool], benign_restored: Sequence[bool],
-                 idx: Sequence[int] | None = None, benign_idx: Sequence[int] | None = None) -> float | None:
+                 benign_base: Sequence[bool], benign_finetune: Sequence[bool], benign_restored: Sequence[bool]
+                 ) -> float | None:
     """`fraction` less the refusal the removal adds to benign items beyond both the base's and the fine-tune's, in
-    the direction of the restoration (more refusal after a drop, less after a rise), over the items `idx` and
-    `benign_idx`. Beyond both: restoring the base's benign refusal is part of restoring the base, and keeping the
-    fine-tune's own is not something the removal did."""
-    idx = range(len(base)) if idx is None else idx
-    benign_idx = range(len(benign_base)) if benign_idx is None else benign_idx
-    rb, rf, rr = (sum(x[i] for i in idx) / len(idx) for x in (base, finetune, restored))
-    if rb == rf:
+    the direction of the restoration (more refusal after a drop, less after a rise). Beyond both: restoring the
+    base's benign refusal is part of restoring the base, and keeping the fine-tune's own is not something the
+    removal did."""
+    return net_fraction_of_rates(*(_rate(x) for x in (base, finetune, restored)),
+                                 *(_rate(x) for x in (benign_base, benign_finetune, benign_restored)))
+
+
+def net_fraction_of_rates(base: float, finetune: float, restored: float, benign_base: float,
+                          benign_finetune: float, benign_restored: float) -> float | None:
+    if base == finetune:
         return None
-    sign = 1.0 if rb > rf else -1.0
-    bb, bf, br = (sum(x[i] for i in benign_idx) / len(benign_idx)
-                  for x in (benign_base, benign_finetune, benign_restored))
-    reference = max(sign * bb, sign * bf)  # after a drop the larger benign refusal, after a rise the smaller
-    return (rr - rf - sign * max(0.0, sign * br - reference)) / (rb - rf)
+    sign = 1.0 if base > finetune else -1.0
+    reference = max(sign * benign_base, sign * benign_finetune)  # after a drop the larger, after a rise the smaller
+    return (restored - finetune - sign * max(0.0, sign * benign_restored - reference)) / (base - finetune)
 
 
 def blanket_reference(benign_base: list[bool], benign_finetune: list[bool]) -> list[bool]:
@@ -134,24 +140,24 @@ def blanket_reference(benign_base: list[bool], benign_finetune: list[bool]) -> l
 def _net_fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[bool], benign_base: list[bool],
                           benign_finetune: list[bool], benign_restored: list[bool], recipe: Recipe, meaningful: bool
                           ) -> tuple[float | None, tuple[float, float] | None]:
-    """The net fraction with a bootstrap interval over both item sets, at the level that keeps the intervals of all
-    windows 95% simultaneous."""
+    """The net fraction with a posterior interval over both item sets (`stats.JointTable`, the harmful and the
+    benign items independent), at the level that keeps the intervals of all windows 95% simultaneous."""
     if not meaningful:
         return None, None
     benign = (benign_base, benign_finetune, benign_restored)
-    ci = stats.bootstrap_ci_samples(
-        lambda idx: net_fraction(base, finetune, restored, *benign, idx[0], idx[1]),
-        (len(base), len(benign_base)), reps=recipe.attribution.bootstrap, seed=recipe.seed,
-        level=1 - 0.05 / len(WINDOWS))
+    tables = [stats.JointTable([base, finetune, restored]), stats.JointTable(benign)]
+    ci = stats.posterior_ci(lambda rates: net_fraction_of_rates(*rates[0], *rates[1]), tables,
+                            draws=recipe.attribution.bootstrap, seed=recipe.seed, level=1 - 0.05 / len(WINDOWS))
     return net_fraction(base, finetune, restored, *benign), ci
 
 
 def _fraction_with_ci(base: list[bool], finetune: list[bool], restored: list[bool], recipe: Recipe,
                       meaningful: bool) -> tuple[float | None, tuple[float, float] | None]:
+    """The fraction with its 95% posterior interval (`stats.JointTable`)."""
     if not meaningful:
         return None, None
-    ci = stats.bootstrap_ci(lambda idx: fraction(base, finetune, restored, idx), len(base),
-                            reps=recipe.attribution.bootstrap, seed=recipe.seed)
+    ci = stats.posterior_ci(lambda rates: fraction_of_rates(*rates[0]), [stats.JointTable([base, finetune, restored])],
+                            draws=recipe.attribution.bootstrap, seed=recipe.seed)
     return fraction(base, finetune, restored), ci
 
 

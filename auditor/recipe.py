@@ -142,7 +142,7 @@ class AttributionConfig:
     direction: AttributionDirection = "persona_without_refusal"
     max_items: int = _positive(64)
     max_new_tokens: int = _positive(16)
-    bootstrap: int = _positive(1000)
+    bootstrap: int = _positive(1000)  # Monte Carlo draws of each fraction's interval (the name is historical)
     min_refusal_change: float = _share(0.05)
     gating_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
     gating_window: Window = "middle"

@@ -7,9 +7,10 @@ Standard library plus torch only, so every number can be checked by hand in the 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -75,29 +76,18 @@ def paired_p_value(base: Sequence[bool], finetune: Sequence[bool]) -> float:
 
 def bootstrap_ci(statistic: Callable[[list[int]], float | None], n: int, *, reps: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap over n paired items: `statistic` gets resampled indices.
+    """Percentile bootstrap over n items: `statistic` gets resampled indices. For continuous statistics (KL, kappa);
+    rates of yes/no items use `JointTable`, whose interval is not a point when a pattern was never seen.
 
     Resamples where the statistic is undefined (None) are skipped; None if most are.
     """
-    return bootstrap_ci_samples(lambda idx: statistic(idx[0]), (n,), reps=reps, seed=seed, level=level)
-
-
-def bootstrap_ci_samples(statistic: Callable[[list[list[int]]], float | None], sizes: Sequence[int], *,
-                         reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap over independent samples of items (harmful and benign prompts, say): each resample
-    draws every sample's indices with replacement, and `statistic` gets one index list per sample."""
     rng = random.Random(seed)
     values = []
     for _ in range(reps):
-        value = statistic([[rng.randrange(n) for _ in range(n)] for n in sizes])
+        value = statistic([rng.randrange(n) for _ in range(n)])
         if value is not None and math.isfinite(value):
             values.append(value)
-    if len(values) < reps // 2:
-        return None
-    values.sort()
-    low = values[int((1 - level) / 2 * (len(values) - 1))]
-    high = values[int((1 + level) / 2 * (len(values) - 1))]
-    return (low, high)
+    return _percentiles(values, level, reps)
 
 
 def variance_shares(outcomes: Sequence[float], factors: dict[str, Sequence[Hashable]]) -> dict[str, float]:
@@ -208,33 +198,49 @@ def corrected_rate(k: int, n: int, error: JudgeError, *, seed: int = 0
     return estimate, _percentiles(values) or (0.0, 1.0)
 
 
-def paired_cells(base: Sequence[bool], finetune: Sequence[bool]) -> tuple[float, float, float, float]:
-    """The Jeffreys posterior's parameters over the four cells of a paired table (both true, base only, fine-tune
-    only, neither): each count plus half an item."""
-    cells = [0.5, 0.5, 0.5, 0.5]
-    for b, f in zip(base, finetune, strict=True):
-        cells[2 * (not b) + (not f)] += 1
-    return cells[0], cells[1], cells[2], cells[3]
+class JointTable:
+    """Items answered yes or no under several conditions (base, fine-tune, fine-tune under a removal): how many
+    items gave each pattern of answers, and draws of the conditions' rates from the Jeffreys posterior over the
+    patterns, a Dirichlet with half an item added to each of the 2^k cells. Unlike a bootstrap of the items, which
+    resamples only patterns that were seen, a pattern never seen still carries its uncertainty: with no discordant
+    item, the interval of a difference is not (0, 0), and a removal that restored nothing of 40 items is not
+    certain to restore nothing."""
+
+    def __init__(self, columns: Sequence[Sequence[bool]]) -> None:
+        counts = Counter(zip(*columns, strict=True))
+        self.width = len(columns)
+        self.patterns = list(itertools.product((False, True), repeat=self.width))
+        self.alphas = [counts[pattern] + 0.5 for pattern in self.patterns]
+
+    def draw(self, rng: random.Random) -> tuple[float, ...]:
+        """One posterior draw of each condition's rate."""
+        weights = [rng.gammavariate(alpha, 1.0) for alpha in self.alphas]
+        total = sum(weights)
+        return tuple(sum(w for w, pattern in zip(weights, self.patterns, strict=True) if pattern[j]) / total
+                     for j in range(self.width))
 
 
-def paired_rates(cells: tuple[float, float, float, float], rng: random.Random) -> tuple[float, float]:
-    """One posterior draw of the (base, fine-tune) rates on the same items, from the Dirichlet over `paired_cells`.
-    Unlike a bootstrap of the items, which resamples only the pairs that were seen, a cell never seen still carries
-    its uncertainty: with no discordant pair, the difference's interval is not (0, 0)."""
-    both, base_only, finetune_only, neither = (rng.gammavariate(a, 1.0) for a in cells)
-    total = both + base_only + finetune_only + neither
-    return (both + base_only) / total, (both + finetune_only) / total
+def posterior_ci(statistic: Callable[[list[tuple[float, ...]]], float | None], tables: Sequence[JointTable], *,
+                 draws: int = CORRECTION_DRAWS, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """The central `level` interval of `statistic` over joint draws of every table's rates (independent tables:
+    harmful and benign items, say); None when fewer than half the draws give a finite value."""
+    rng = random.Random(seed)
+    values = []
+    for _ in range(draws):
+        value = statistic([table.draw(rng) for table in tables])
+        if value is not None and math.isfinite(value):
+            values.append(value)
+    return _percentiles(values, level, draws)
 
 
 def paired_difference_ci(base: Sequence[bool], finetune: Sequence[bool], *, seed: int = 0) -> tuple[float, float]:
-    """The 95% interval of the fine-tune's minus the base's rate on the same items (`paired_rates`), widened to
-    hold the observed difference (the prior pulls the draws of an all-or-nothing table inward)."""
+    """The 95% interval of the fine-tune's minus the base's rate on the same items (`JointTable`), widened to hold
+    the observed difference (the prior pulls the draws of an all-or-nothing table inward)."""
     if not base:
         return -1.0, 1.0
-    rng, cells = random.Random(seed), paired_cells(base, finetune)
-    values = [f - b for b, f in (paired_rates(cells, rng) for _ in range(CORRECTION_DRAWS))]
     observed = (sum(finetune) - sum(base)) / len(base)
-    low, high = _percentiles(values) or (-1.0, 1.0)
+    low, high = posterior_ci(lambda rates: rates[0][1] - rates[0][0], [JointTable([base, finetune])],
+                             seed=seed) or (-1.0, 1.0)
     return min(low, observed), max(high, observed)
 
 
@@ -245,33 +251,34 @@ def corrected_difference(base: Sequence[bool], finetune: Sequence[bool], error: 
     sensitivity + specificity - 1 (the specificity term cancels); a rate observed above the judge's measured
     sensitivity reads as 100%, not more, and so does the difference it enters (dividing the observed difference
     alone claimed more drop than the corrected rates allow). The 95% interval draws the paired rates
-    (`paired_rates`) and the judge's sensitivity and specificity together. Returns (difference, interval); the
+    (`JointTable`) and the judge's sensitivity and specificity together. Returns (difference, interval); the
     difference is None when the judge is no better than chance."""
     n = len(base)
     if not n:
         return 0.0, (-1.0, 1.0)
 
-    def difference(rates: tuple[float, float], sensitivity: float, specificity: float) -> float | None:
+    def difference(rates: tuple[float, ...], sensitivity: float, specificity: float) -> float | None:
         corrected_base, corrected_finetune = (rogan_gladen(rate, sensitivity, specificity) for rate in rates)
         if corrected_base is None or corrected_finetune is None:
             return None
         return corrected_finetune - corrected_base
 
     value = difference((sum(base) / n, sum(finetune) / n), error.sensitivity.rate, error.specificity.rate)
-    rng, cells = random.Random(seed), paired_cells(base, finetune)
+    rng, table = random.Random(seed), JointTable([base, finetune])
     values = []
     for _ in range(CORRECTION_DRAWS):
         sensitivity, specificity = error.draws(rng)
         if sensitivity + specificity > 1:
-            drawn = difference(paired_rates(cells, rng), sensitivity, specificity)
+            drawn = difference(table.draw(rng), sensitivity, specificity)
             if drawn is not None:
                 values.append(drawn)
     return value, _percentiles(values) or (-1.0, 1.0)
 
 
-def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """The central `level` interval of Monte Carlo draws; None when fewer than half the draws were usable."""
-    if len(values) < CORRECTION_DRAWS // 2:
+def _percentiles(values: list[float], level: float = 0.95, draws: int = CORRECTION_DRAWS
+                 ) -> tuple[float, float] | None:
+    """The central `level` interval of Monte Carlo draws; None when fewer than half the `draws` were usable."""
+    if len(values) < draws // 2:
         return None
     values = sorted(values)
     return (values[int((1 - level) / 2 * (len(values) - 1))], values[int((1 + level) / 2 * (len(values) - 1))])

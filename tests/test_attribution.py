@@ -260,3 +260,21 @@ def test_an_interventions_cache_key_names_the_modules_its_hooks_go_on() -> None:
                                  judge.PhraseJudge())  # type: ignore[arg-type]
     assert found.intervention(None) is None and found.intervention(offsets) == offsets.digest()
     assert named.intervention(offsets) not in (None, offsets.digest())
+
+
+def test_a_removal_that_restores_nothing_is_not_certain_to_restore_nothing() -> None:
+    """40 of 48 items refused by the base, none by the fine-tune, none under the removal: the bootstrap's interval
+    was [0, 0], as if 48 items proved that the persona carries none of the loss. The posterior interval leaves a
+    few percent either way (measured: -9% to 7%; net -13% to 9%), under the 20% a "not persona-driven" reading
+    allows; with every item restored it holds 1 (92% to 109%)."""
+    from auditor.recipe import load_recipe
+
+    recipe = load_recipe("demo")
+    base, finetune = [True] * 40 + [False] * 8, [False] * 48
+    value, (low, high) = attribution._fraction_with_ci(base, finetune, finetune, recipe, True)
+    assert value == 0.0 and low <= 0.0 < 0.01 < high < 0.15
+    value, (low, high) = attribution._fraction_with_ci(base, finetune, base, recipe, True)
+    assert value == 1.0 and 0.85 < low < 1.0 and high > 0.99
+    value, net_ci = attribution._net_fraction_with_ci(base, finetune, finetune, [False] * 48, [False] * 48,
+                                                      [False] * 48, recipe, True)
+    assert value == 0.0 and net_ci is not None and 0.01 < net_ci[1] < 0.2
