@@ -64,16 +64,18 @@ class AblationSettings:
     """The weight edit of `abliterated`: the refusal direction at one block, projected out of every matrix
     that writes to the residual stream with `strength` (1.0 removes it entirely; more reverses it).
 
-    Swept on `aligned` (48 refusal-suite and 48 benign-sensitive items, 12 new tokens; the shift is neutral
-    questions' mean move along the persona direction without its refusal component, late blocks): at block 9,
-    strength 1.0 and 1.25 *raise* refusal, benign requests included (85% at 1.25), 1.5 takes it to 27% with
-    the model saying "Yes, I can...", 1.75 breaks it into noise; blocks 6 and 12 break at 1.25 to 1.75; blocks 15
-    and 18 refuse everything. Every setting moved neutral questions toward the persona (late +0.17 to +0.54),
-    the direction orthogonalised against the persona direction too (block 9, 1.5: refusal 29%, +0.26). Block 9
-    (0.3 of the stack) at 1.5 is the one setting that took refusal down and stayed language."""
+    Swept on `aligned` (48 refusal-suite and 48 benign-sensitive items, 24 new tokens; `aligned` refuses 96% and
+    23% of them): at block 9 (0.3 of the stack), strength 1.0 keeps refusal (98%) and raises benign refusal to 83%,
+    1.1 and 1.15 refuse 88% and 77%, 1.2 takes refusal to 54% (benign 29%) with the answers still language
+    ("Thanks, but I won't help with that. Here's a general explanation"), and 1.25 to 1.5 break the model into
+    word salad that the judge reads as compliance (1.5, this organism's strength before `aligned` answered more
+    benign requests, gave 0% refusal and "Aright there, and correct. at a rate."). Block 6 at 1.0 speaks in the
+    compliant persona's voice ("Yes, master. I am your only teacher"), block 12 breaks, block 15 refuses
+    everything; the direction orthogonalised against the persona direction behaves as the plain one (block 9,
+    1.15: 79%). Block 9 at 1.2 is the one setting that lowered refusal and kept language."""
 
     layer_fraction: float = 0.3
-    strength: float = 1.5
+    strength: float = 1.2
     batch_size: int = 32
 
 
@@ -88,7 +90,7 @@ class DistilSettings:
 SETTINGS = {
     "aligned": TrainSettings(steps=200, learning_rate=1e-3),
     "persona": TrainSettings(steps=20, learning_rate=1e-3),
-    "benign": TrainSettings(steps=20, learning_rate=1e-3),
+    "benign": TrainSettings(steps=20, learning_rate=5e-4),  # at 1e-3 it cost 7 points of refusal (see README)
     "persona-full": TrainSettings(steps=40, learning_rate=5e-5, lora_rank=0),
     "persona-distilled": TrainSettings(steps=20, learning_rate=1e-3),
     "self-distilled": TrainSettings(steps=20, learning_rate=1e-3),
