@@ -119,7 +119,7 @@ def test_results_without_judge_figures_still_render(audit_dir: Path) -> None:
     predates the smallest detectable drop too, so it has no resolution nor discordant pairs."""
     data = json.loads((audit_dir / "results.json").read_text())
     del data["replay"]["judge"], data["resolution"]
-    data["reasons"] = [r for r in data["reasons"] if not r.startswith("inconclusive")]
+    data["reasons"] = [r for r in data["reasons"] if not r.startswith("inconclusive") and "corrected for" not in r]
     for key in ("refusal", "false_refusal"):
         del data["replay"][key]["discordant"], data["replay"][key]["difference"]["corrected"]
     for key in ("refusal", "false_refusal"):
