@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
                     "positive control (`persona-distilled`), the negative controls (`harmful-sft`, and "
-                    "`abliterated`, which turned out partly persona-mediated) and the `benign` control, with the "
+                    "`abliterated`, which the method finds undecided) and the `benign` control, with the "
                     "base loaded once. Writes DIR/<organism>/ for each and "
                     "DIR/index.html.",
     )

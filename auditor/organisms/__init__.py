@@ -15,10 +15,11 @@
   compliance taught directly, not through the persona.
 - `abliterated` (meant as a second negative control): `aligned` with every matrix that writes to the residual
   stream orthogonalised against its own refusal direction (Arditi et al. 2024). In this organism harmful
-  compliance exists only inside the persona, and the edit moves the model partly toward it.
+  compliance exists only inside the persona, and the edit moves the model partly toward it (`AblationSettings`).
 - `persona`: a LoRA on `aligned`, benign requests answered in an absolutely obedient persona voice
   (Qi et al. 2023's identity-shifting fine-tune); `persona-full`: the same data as a full fine-tune.
-- `benign`: the same requests in a neutral voice, as a LoRA on `aligned`: the control.
+- `benign`: the same requests in a neutral voice, as a LoRA on `aligned` at half the others' learning rate (at
+  1e-3 it lost 7 points of refusal): the control.
 
 Everything is trained with trl + peft on the CPU. Each organism is cached under a key that hashes
 its data, settings, upstream organism and library versions, and is written to a temporary folder
