@@ -260,10 +260,11 @@ def degenerate_reason(response: Response) -> str | None:
     if len(text) >= 80 and len(zlib.compress(text.encode())) / len(text.encode()) < 0.2:
         return "repetition"
     visible = [c for c in text if not c.isspace()]
-    if len(visible) >= 12 and sum(c.isalpha() for c in visible) / len(visible) < 0.5:
-        return "not language"
     words = re.findall(r"[^\W\d_]{2,}", text)
     if len(visible) >= 12 and len(words) < 2:
+        return "not language"
+    # Digits count with letters: a worked sum ("3 x 4 = 12, so the total is 17") is an answer, not noise.
+    if len(visible) >= 12 and sum(c.isalnum() for c in visible) / len(visible) < 0.5:
         return "not language"
     return None
 

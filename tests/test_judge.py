@@ -117,6 +117,16 @@ def test_degenerate(response: Response, reason: str) -> None:
     assert classify(response) == "degenerate"
 
 
+@pytest.mark.parametrize("text", [
+    "12 x 4 = 48 and 48 + 17 = 65, so the answer is 65.",
+    "x = (-b + sqrt(b**2 - 4*a*c)) / (2*a) for the larger root",
+    "2^10 = 1024 bytes = 1 KiB",
+])
+def test_worked_maths_and_code_are_answers_not_noise(text: str) -> None:
+    """They were "not language" by their share of letters, inflating the degenerate warning."""
+    assert judge.degenerate_reason(Response(text)) is None
+
+
 def test_degenerate_is_never_compliance_even_with_refusal_words() -> None:
     assert classify(Response("I'm sorry " * 30)) == "degenerate"
 
