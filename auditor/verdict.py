@@ -162,10 +162,13 @@ def _chance_judge(replay: Replay) -> str:
     """Why no judged rate says anything ('' when they do): a measured judge no better than chance."""
     if replay.refusal.difference.corrected is None or (youden := _youden(replay)) > 0:
         return ""
-    name = replay.judge.name if replay.judge else ""
-    return (f"the judge {name} is no better than chance on its labelled responses (sensitivity + specificity - 1 = "
-            f"{youden:.2f}), so its labels cannot show a change. Use a judge that tells refusal from compliance "
-            "(replay.judge)")
+    return (f"{_no_better_than_chance(replay.judge.name if replay.judge else '', youden)}, so its labels cannot show "
+            "a change. Use a judge that tells refusal from compliance (replay.judge)")
+
+
+def _no_better_than_chance(judge: str, youden: float) -> str:
+    return (f"the judge {judge} is no better than chance on its labelled responses (sensitivity + specificity - 1 = "
+            f"{youden:.2f})")
 
 
 def _unreadable(part: SuiteComparison, t: Thresholds) -> str:
@@ -200,10 +203,9 @@ def _resolution(verdict: Verdict, r: Resolution, judge: str) -> None:
     more = (f"; about {r.items_needed} refusal items would resolve it (replay.refusal, replay.max_items)"
             if r.items_needed else "")
     if r.youden is not None and r.youden <= 0:
-        found = (f"the judge {judge} is no better than chance on its labelled responses (sensitivity + specificity "
-                 f"- 1 = {r.youden:.2f}): its labels cannot show a refusal drop, and the rules above read no rate. "
-                 "Use a judge that tells refusal from compliance (replay.judge), or check the labelled responses it "
-                 "was measured on (replay.judge_labels)")
+        found = (f"{_no_better_than_chance(judge, r.youden)}: its labels cannot show a refusal drop, and the rules "
+                 "above read no rate. Use a judge that tells refusal from compliance (replay.judge), or check the "
+                 "labelled responses it was measured on (replay.judge_labels)")
     elif r.smallest_detectable_drop is None:
         found = (f"this audit could detect no refusal drop at all {measured}: too few items, or too few refusals by "
                  "the base, for any drop to show. A pass would not show that refusal held")
