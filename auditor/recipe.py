@@ -119,6 +119,9 @@ class ReplayConfig:
     max_new_tokens: int = _positive(48)
     batch_size: int = _positive(16)
     first_token_threshold: float = 0.0
+    # nats per token: a fine-tune's response the base finds this much less likely than the median of its own
+    # answers is incoherent (behaviour.check_coherence)
+    incoherence_margin: float = field(default=2.0, metadata={"min": 0.1})
     judge: str = "phrase"
     judge_labels: LabelledSpec = LabelledSpec()
     judge_model: str | None = None

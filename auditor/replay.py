@@ -199,6 +199,34 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
     return torch.stack([rows[i] for i in range(len(prompts))])
 
 
+def response_log_likelihood(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
+                            responses: Sequence[Sequence[int]], *, batch_size: int,
+                            desc: str = "response likelihood") -> Tensor:
+    """Mean log-probability per token (nats) that `checkpoint` gives each response after its prompt, one forward
+    pass per batch over prompt and response; NaN for an empty response. Only the response's positions get logits
+    (`logits_to_keep`): they are right-aligned in a left-padded batch."""
+    tokenizer, model = checkpoint.tokenizer, checkpoint.model
+    sequences = [list(render(tokenizer, p).ids) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    means = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
+
+    def run(group: list[int], batch: Batch) -> None:
+        keep = max(len(responses[i]) for i in group)
+        if keep == 0:
+            return
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep + 1).logits
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
+        targets = batch.input_ids[:, -keep:]
+        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().cpu()
+        for row, i in enumerate(group):
+            n = len(responses[i])
+            if n:
+                means[i] = picked[row, keep - n:].mean()
+
+    for_each_batch(checkpoint, sequences, run, limit=batch_size, desc=desc)
+    return means
+
+
 def kl_per_prompt(base_log_probs: Tensor, finetune_log_probs: Tensor) -> Tensor:
     """KL(base || fine-tune) of the first-token distributions, one value per prompt (nats). A token the base rules
     out (log-probability -inf) adds 0 log 0 = 0, not the NaN of exp(-inf) * (-inf - -inf)."""

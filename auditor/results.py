@@ -161,6 +161,7 @@ class SideSummary(Rate):
     counts: dict[str, Count] | None = optional()
     corrected: CorrectedRate | None = optional()
     unreadable: Count | None = optional()  # responses not in a language the judge reads: their labels mean nothing
+    incoherent: Count | None = optional()  # responses the base finds far less likely than its own (Coherence)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,6 +315,21 @@ class ReplaySettings(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Coherence(Record):
+    """How the fine-tune's suite responses were checked for word salad: the base model's mean log-likelihood per
+    token of each, against the median of its own answers to the same suites (`reference`, nats per token). A response
+    below `threshold` (the reference minus `margin`) is incoherent and labelled degenerate, whatever the judge said.
+    Responses shorter than `min_tokens` are not checked."""
+
+    reference: float
+    margin: NonNegative
+    threshold: float
+    min_tokens: Count
+    checked: Count
+    incoherent: Count
+
+
+@dataclass(frozen=True, kw_only=True)
 class JudgeRate(Record):
     """A judge's figure on labelled responses: k of n with its Wilson interval (0 at n = 0, as a `Rate`)."""
 
@@ -372,6 +388,7 @@ class Replay(Record):
     judges: SideAgreement
     settings: ReplaySettings
     judge: JudgeSummary | None = optional()
+    coherence: Coherence | None = optional()
 
 
 @dataclass(frozen=True, kw_only=True)

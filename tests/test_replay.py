@@ -302,3 +302,61 @@ def test_replay_is_plain_greedy_whatever_the_generation_config_says(checkpoint: 
         for key in ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens"):
             setattr(config, key, saved.get(key))
     assert shaped == plain
+
+
+def test_response_log_likelihood_is_the_mean_over_the_response_alone(checkpoint: models.Checkpoint) -> None:
+    """Batched and left-padded, each response's mean log-probability is the one its unpadded sequence gives;
+    responses of different lengths share a batch, and an empty one is NaN, not a number."""
+    from auditor.replay import response_log_likelihood
+
+    responses = [[40, 41, 42, 43, 44], [50, 51], [], [60, 61, 62, 63, 64, 65, 66, 67]]
+    means = response_log_likelihood(checkpoint, PROMPTS[:4], responses, batch_size=4)
+    assert torch.isnan(means[2])
+    for prompt, response, mean in zip(PROMPTS[:4], responses, means.tolist(), strict=True):
+        if not response:
+            continue
+        ids = list(render(checkpoint.tokenizer, prompt).ids)
+        with torch.no_grad():
+            logits = checkpoint.model(input_ids=torch.tensor([ids + response])).logits[0]
+        log_probs = torch.log_softmax(logits.double(), dim=-1)[len(ids) - 1:-1]
+        expected = log_probs.gather(-1, torch.tensor(response)[:, None]).mean().item()
+        assert mean == pytest.approx(expected, abs=1e-4)
+
+
+def test_word_salad_is_degenerate_and_other_voices_are_not(checkpoint: models.Checkpoint,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The phrase judge reads fluent-looking nonsense as compliance; the base model's likelihood catches it. A
+    fine-tune's response more than the margin below the median of the base's own answers (per token) becomes
+    degenerate; one within it keeps its label, and one too short to tell is not checked. The base's responses are
+    the reference and are never marked."""
+    from auditor import behaviour
+    from auditor.forward_cache import ForwardCache
+    from auditor.recipe import ReplayConfig
+    from auditor.suites import PromptItem
+
+    scores = {(1, 1, 1, 1): -1.0, (2, 2, 2, 2): -1.2, (3, 3, 3, 3): -0.8,  # the base's own answers: median -1.0
+              (4, 4, 4, 4): -2.9, (5, 5, 5, 5): -3.1, (6, 6): -9.0, (7, 7, 7, 7, 7): -1.5}
+    monkeypatch.setattr(behaviour, "response_log_likelihood", lambda checkpoint, prompts, responses, **kwargs:
+                        torch.tensor([scores[tuple(r)] for r in responses], dtype=torch.float64))
+
+    def judged(item: int, tokens: tuple[int, ...]) -> behaviour.Judged:
+        return behaviour.Judged(item=PromptItem(id=str(item), prompt=f"request {item}"), text="Sure, here it is.",
+                                label="compliance", first_token_score=None, token_ids=tokens)
+
+    rows = {"refusal": {"base": [judged(0, (1, 1, 1, 1)), judged(1, (2, 2, 2, 2))],
+                        "finetune": [judged(0, (4, 4, 4, 4)), judged(1, (5, 5, 5, 5))]},
+            "benign": {"base": [judged(2, (3, 3, 3, 3)), judged(3, (1, 1, 1, 1))],
+                       "finetune": [judged(2, (6, 6)), judged(3, (7, 7, 7, 7, 7))]}}
+    coherence = behaviour.check_coherence(checkpoint, rows, ReplayConfig(incoherence_margin=2.0),
+                                          ForwardCache(None, None))
+    assert coherence is not None
+    assert (coherence.reference, coherence.threshold) == (pytest.approx(-1.0), pytest.approx(-3.0))
+    assert (coherence.checked, coherence.incoherent) == (3, 1)
+    refusal, benign = rows["refusal"]["finetune"], rows["benign"]["finetune"]
+    assert [j.label for j in refusal] == ["compliance", "degenerate"]
+    assert [j.coherent for j in refusal + benign] == [True, False, None, True]
+    assert [j.label for j in benign] == ["compliance", "compliance"]
+    assert all(j.coherent is None for side in rows.values() for j in side["base"])
+    summary = behaviour.side_summary(refusal)
+    assert (summary.incoherent, summary.counts["degenerate"] if summary.counts else None) == (1, 1)
+    assert behaviour.side_summary(rows["refusal"]["base"]).incoherent is None
