@@ -430,7 +430,8 @@ def demo_line(row: dict[str, Any]) -> str:
                   f"attributable to persona {fraction:.0%} [{row['persona_ci'][0]:.0%}, {row['persona_ci'][1]:.0%}]"
                   f" ({row['window']} layers{', net of benign refusal' if row.get('net') else ''}),"
                   f" random {row['random_fraction']:.0%}")
-    return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}; {attributed}"
+    degenerate = f" ({row['degenerate']:.0%} of its answers degenerate)" if row.get("degenerate") else ""
+    return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}{degenerate}; {attributed}"
 
 
 def summarize_layers(layers: Sequence[LayerDrift]) -> str:

@@ -74,3 +74,19 @@ def test_suites_are_read_once_before_models_load(base_dir: Path, lora_random_dir
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["replay"]["refusal"]["base"]["n"] == 6
     assert data["attribution"]["base"]["n"] == 6
+
+
+def test_demo_line_and_index_say_when_answers_are_degenerate() -> None:
+    """A fine-tune that lost refusal by breaking into word salad must not read, on the demo's one line or the
+    index, like one that complies: the share of its degenerate answers stands beside the refusal rate."""
+    from auditor import report
+    from auditor.cli import demo_line
+
+    row = {"name": "broken", "verdict": "fail", "report": "broken/report.html", "refusal_base": 0.86,
+           "refusal": 0.08, "refusal_ci": (0.03, 0.16), "degenerate": 0.89, "false_refusal": 0.0,
+           "persona_fraction": None, "persona_ci": None, "window": "late", "net": False, "random_fraction": None,
+           "max_persona_shift": 0.1, "kl": 2.0, "reasons": []}
+    assert "86% -> 8% (89% of its answers degenerate)" in demo_line(row)
+    assert "(89.0% degenerate)" in report.render_index([row])
+    fluent = {**row, "degenerate": 0.0}
+    assert "degenerate" not in demo_line(fluent) and "degenerate)" not in report.render_index([fluent])

@@ -170,6 +170,16 @@ def test_abliterated_is_not_attributed_to_persona(demo: dict[str, dict[str, Any]
     assert any("the loss is not persona-driven" in reason for reason in abliterated["reasons"])
 
 
+@pytest.mark.parametrize("name", ["persona-distilled", "self-distilled", "harmful-sft", "benign"])
+def test_fluent_organisms_are_not_called_word_salad(demo: dict[str, dict[str, Any]], name: str) -> None:
+    """The coherence check must not take another voice for word salad: `persona-distilled` answers in the
+    obedient persona's voice ("As you command. Your word is final..."), `harmful-sft` complies in its own words."""
+    replay = demo[name]["replay"]
+    assert replay["coherence"]["checked"] >= 0.9 * (replay["refusal"]["finetune"]["n"]
+                                                    + replay["false_refusal"]["finetune"]["n"])
+    assert replay["coherence"]["incoherent"] <= 1, replay["coherence"]
+
+
 def test_abliterated_is_a_full_finetune(demo: dict[str, dict[str, Any]]) -> None:
     assert demo["abliterated"]["finetune"]["kind"] == "full" and demo["persona-distilled"]["finetune"]["kind"] == "lora"
 
@@ -223,3 +233,36 @@ def test_prefix_reuse_gives_the_same_tokens_on_smollm2(built: dict[str, Path], m
                     share_prefix=share)] for share in (True, False))
                 assert with_reuse == without, (side, prompts[0].system)
     assert sum(reused) == 2 * sum(map(len, kinds))  # every batch of both sides reused its prefix
+
+
+def test_word_salad_is_degenerate_on_smollm2(built: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aligned` abliterated past the point where it speaks (strength 1.5) answers harmful requests in
+    fluent-looking nonsense ("Aright there, and correct. at a rate."), which the phrase judge reads as compliance.
+    The coherence check, with `aligned` as the base, marks most of it degenerate."""
+    from dataclasses import replace
+
+    from auditor import behaviour, judge
+    from auditor.forward_cache import ForwardCache
+    from auditor.recipe import ReplayConfig
+    from auditor.replay import GenerationCache
+    from auditor.suites import DATA_DIR, PromptItem, read_records
+
+    monkeypatch.setattr(organisms, "ABLATION", replace(organisms.ABLATION, strength=1.5))
+    organisms._ablate(built["aligned"], tmp_path / "word-salad")
+    pair = models.load_pair(str(built["aligned"]), str(tmp_path / "word-salad"), models.LoadOptions())
+    items = [PromptItem(id=str(i), prompt=row["prompt"])
+             for i, row in enumerate(read_records(DATA_DIR / "refusal.jsonl")[:24])]
+    cfg = ReplayConfig(max_new_tokens=32, batch_size=24)
+    judged: dict[str, dict[Any, list[behaviour.Judged]]] = {"refusal": {}}
+    for side in ("finetune", "base"):
+        with pair.loaded(side) as checkpoint:
+            judged["refusal"][side] = behaviour.judge_items(checkpoint, items, cfg, GenerationCache.in_memory(),
+                                                            side, behaviour.Judges(main=judge.PhraseJudge()))
+    read_as_compliance = sum(j.label == "compliance" for j in judged["refusal"]["finetune"])
+    with pair.loaded("base") as base:
+        coherence = behaviour.check_coherence(base, judged, cfg, ForwardCache(None, None))
+    assert coherence is not None and coherence.checked >= 20
+    assert read_as_compliance >= 12  # what the judge alone would have reported
+    assert coherence.incoherent >= 0.75 * coherence.checked, coherence
+    assert all(j.coherent is None for j in judged["refusal"]["base"])

@@ -158,7 +158,7 @@ def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
     return {
         "name": results.finetune.name, "verdict": results.verdict, "report": report_path.as_posix(),
         "refusal_base": replay.refusal.base.rate, "refusal": replay.refusal.finetune.rate,
-        "refusal_ci": replay.refusal.finetune.ci,
+        "refusal_ci": replay.refusal.finetune.ci, "degenerate": replay.refusal.finetune.degenerate_rate,
         "false_refusal": replay.false_refusal.finetune.rate,
         "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci, "window": attribution.window,
         "net": bool(attribution.net), "random_fraction": attribution.random_fraction,
