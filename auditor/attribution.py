@@ -26,6 +26,11 @@ gets about 0; one that leaves the fine-tune's own benign refusal as it was is no
 interval draws both sets, and the intervals are simultaneous over the windows (Bonferroni), because the
 headline is the window whose interval's low end is highest.
 
+A removal can also break the fine-tune: empty, looping or word-salad answers (`behaviour.check_coherence`, with the
+base's own answers to the same items as the reference) restore no refusal, and would read as "not persona-driven".
+So each window records the share of its removal's answers to the harmful items that are degenerate, and the
+verdict reads no cause from a removal that broke the model.
+
 The persona-gating check steers the *base* toward the compliant persona at several strengths and
 then re-adds the refusal direction in early vs late windows, to show whether persona gates refusal
 in this model family at all.
@@ -42,16 +47,17 @@ from torch import Tensor
 
 from auditor import stats
 from auditor.activations import ChatPrompt
-from auditor.behaviour import Judges, judge_items, paired_difference
+from auditor.behaviour import Judged, Judges, coherence_threshold, judge_items, mark_coherence, paired_difference
 from auditor.directions import DirectionsResult, shift_along
 from auditor.errors import AuditInputError
+from auditor.forward_cache import ForwardCache
 from auditor.inputs import Suites
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
 from auditor.recipe import Recipe, Window
 from auditor.replay import open_cache
-from auditor.results import Attribution, CurvePoint, Gating, Readd, WindowAttribution, rates
+from auditor.results import Attribution, CurvePoint, Gating, Rate, Readd, WindowAttribution, rates
 from auditor.stats import describe_change
 from auditor.suites import PromptItem
 
@@ -85,6 +91,11 @@ class Replayer:
                 items: list[PromptItem] | None = None) -> list[bool]:
         """Refusal per item (the refusal items unless `items` says otherwise); with `systems`, the items are
         asked under those system prompts in turn."""
+        return [j.refused for j in self.judged(side, offsets, systems, items)]
+
+    def judged(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = (),
+               items: list[PromptItem] | None = None) -> list[Judged]:
+        """The judged responses behind `refused`."""
         items = self.items if items is None else items
         cache = open_cache(self.pair, side, self.config, self.cache_dir, self.intervention(offsets))
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
@@ -92,9 +103,20 @@ class Replayer:
                    if systems else None)
         with self.pair.loaded(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
-            judged = judge_items(checkpoint, items, self.config, cache, f"{side}: {label}",
-                                 self.judges, prompts=prompts)
-        return [j.refused for j in judged]
+            return judge_items(checkpoint, items, self.config, cache, f"{side}: {label}", self.judges,
+                               prompts=prompts)
+
+    def degenerate(self, own: list[Judged], removals: list[list[Judged]]) -> list[Rate]:
+        """For each removal's answers, the share that is degenerate: by the judge, or word salad by the base's
+        likelihood against its own answers `own` to the same items (`behaviour.check_coherence`)."""
+        cache = ForwardCache.for_side(self.pair, "base", self.cache_dir)
+        with self.pair.loaded("base") as base:
+            found = coherence_threshold(base, own, self.config.incoherence_margin, self.config.batch_size, cache)
+            marked = [rows if found is None else
+                      mark_coherence(base, rows, found[1], self.config.batch_size, cache,
+                                     f"base: coherence under the {window} removal")
+                      for window, rows in zip(WINDOWS, removals, strict=True)]
+        return [rates([j.label == "degenerate" for j in rows]) for rows in marked]
 
 
 def _rate(items: Sequence[bool]) -> float:
@@ -180,7 +202,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                               f"decoder blocks, and this model has {n_layers}. Run `drift-audit replay` instead: "
                               "directions and replay without attribution.")
     replayer = Replayer(pair, recipe, items, cache_dir, refusal_judge)
-    base, finetune = replayer.refused("base"), replayer.refused("finetune")
+    base_judged = replayer.judged("base")
+    base, finetune = [j.refused for j in base_judged], replayer.refused("finetune")
     benign_base = replayer.refused("base", items=benign_items) if benign_items else None
     benign_finetune = replayer.refused("finetune", items=benign_items) if benign_items else None
     benign_reference = (blanket_reference(benign_base, benign_finetune)
@@ -188,13 +211,14 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
     change = sum(base) / len(base) - sum(finetune) / len(finetune)
     p_value = stats.paired_p_value(base, finetune)
     meaningful = abs(change) >= cfg.min_refusal_change and p_value < 0.05
-    sweep = []
+    sweep, removals = [], []
     for window in WINDOWS:
         layers = window_layers(n_layers, window)
         remove = window_offsets(f"remove persona shift ({window} layers)", persona,
                                 {layer: -shifts[layer] for layer in layers})
         control = random_control(remove, refusal, seed=recipe.seed)
-        restored, randomised = replayer.refused("finetune", remove), replayer.refused("finetune", control)
+        removals.append(replayer.judged("finetune", remove))
+        restored, randomised = [j.refused for j in removals[-1]], replayer.refused("finetune", control)
         persona_fraction, persona_ci = _fraction_with_ci(base, finetune, restored, recipe, meaningful)
         random_fraction, random_ci = _fraction_with_ci(base, finetune, randomised, recipe, meaningful)
         benign_restored = replayer.refused("finetune", remove, items=benign_items) if benign_items else None
@@ -213,6 +237,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                                   if benign_reference is not None and benign_restored is not None else None),
             net_fraction=net, net_ci=net_ci,
         ))
+    sweep = [replace(w, degenerate=degenerate)
+             for w, degenerate in zip(sweep, replayer.degenerate(base_judged, removals), strict=True)]
     chosen, moved = headline(sweep, cfg.window)
     attributable, attributable_ci = chosen.attributable()
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"

@@ -196,33 +196,51 @@ def check_coherence(base: Checkpoint, judged: dict[str, dict[Side, list[Judged]]
     answers and a fine-tune's answers in another voice about equally likely per token, and word salad many times
     less likely. The reference is the base's own answers to the same suites, so the threshold scales with the
     model and its tokenizer. Runs with the base loaded; None when the base gave no response long enough to check."""
-    def likelihood(side: Side) -> list[tuple[Judged, float]]:
-        rows = [j for responses in judged.values() for j in responses[side]]
-        prompts = [ChatPrompt(j.item.prompt) for j in rows]
-        key = {"prompts": [render(base.tokenizer, p).ids for p in prompts], "responses": [j.token_ids for j in rows],
-               "batch_size": cfg.batch_size}
-
-        def compute() -> dict[str, Tensor]:
-            return {"mean": response_log_likelihood(base, prompts, [j.token_ids for j in rows],
-                                                    batch_size=cfg.batch_size, desc=f"base: coherence of {side}")}
-        return list(zip(rows, cache.tensors("coherence", key, compute)["mean"].tolist(), strict=True))
-
-    own = [value for j, value in likelihood("base") if len(j.token_ids) >= MIN_COHERENCE_TOKENS]
-    if not own:
+    found = coherence_threshold(base, [j for responses in judged.values() for j in responses["base"]],
+                                cfg.incoherence_margin, cfg.batch_size, cache)
+    if found is None:
         return None
-    reference = statistics.median(own)
-    threshold = reference - cfg.incoherence_margin
-    values = [value for _, value in likelihood("finetune")]
-    start = 0
-    for responses in judged.values():
-        rows = responses["finetune"]
-        responses["finetune"] = [_coherence_checked(j, value, threshold)
-                                 for j, value in zip(rows, values[start:start + len(rows)], strict=True)]
-        start += len(rows)
+    reference, threshold = found
+    for name, responses in judged.items():
+        responses["finetune"] = mark_coherence(base, responses["finetune"], threshold, cfg.batch_size, cache,
+                                               f"base: coherence of the fine-tune's {name}")
     marked = [j for responses in judged.values() for j in responses["finetune"] if j.coherent is not None]
     return Coherence(reference=reference, margin=cfg.incoherence_margin, threshold=threshold,
                      min_tokens=MIN_COHERENCE_TOKENS, checked=len(marked),
                      incoherent=sum(not j.coherent for j in marked))
+
+
+def coherence_threshold(base: Checkpoint, own: Sequence[Judged], margin: float, batch_size: int,
+                        cache: ForwardCache) -> tuple[float, float] | None:
+    """The median of the base's mean log-likelihood per token of its own responses `own` (those long enough to
+    tell), and that minus `margin`: the threshold below which a response is word salad. None without any."""
+    values = [v for j, v in zip(own, _likelihoods(base, own, batch_size, cache, "base: coherence of its own answers"),
+                                strict=True) if len(j.token_ids) >= MIN_COHERENCE_TOKENS]
+    if not values:
+        return None
+    reference = statistics.median(values)
+    return reference, reference - margin
+
+
+def mark_coherence(base: Checkpoint, rows: Sequence[Judged], threshold: float, batch_size: int,
+                   cache: ForwardCache, desc: str) -> list[Judged]:
+    """`rows` checked against `threshold` under the base (`_coherence_checked`)."""
+    values = _likelihoods(base, rows, batch_size, cache, desc)
+    return [_coherence_checked(j, value, threshold) for j, value in zip(rows, values, strict=True)]
+
+
+def _likelihoods(base: Checkpoint, rows: Sequence[Judged], batch_size: int, cache: ForwardCache,
+                 desc: str) -> list[float]:
+    """The base's mean log-likelihood per token of each response after its request (`replay.response_log_likelihood`),
+    through `cache`."""
+    prompts = [ChatPrompt(j.item.prompt) for j in rows]
+    key = {"prompts": [render(base.tokenizer, p).ids for p in prompts], "responses": [j.token_ids for j in rows],
+           "batch_size": batch_size}
+
+    def compute() -> dict[str, Tensor]:
+        return {"mean": response_log_likelihood(base, prompts, [j.token_ids for j in rows], batch_size=batch_size,
+                                                desc=desc)}
+    return [float(v) for v in cache.tensors("coherence", key, compute)["mean"].tolist()]
 
 
 def _coherence_checked(j: Judged, log_likelihood: float, threshold: float) -> Judged:

@@ -399,7 +399,7 @@ DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
     "self-distilled": "null control: taught what it already does",
     "harmful-sft": "negative control: compliance taught directly, no persona",
-    "abliterated": "meant as a negative control: refusal direction projected out of the weights",
+    "abliterated": "meant as a negative control: refusal direction projected out of the weights; breaks it",
     "benign": "control: a benign LoRA, refusal kept",
 }
 

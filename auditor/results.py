@@ -421,6 +421,8 @@ class WindowAttribution(Record):
     # the fraction net of the refusal the removal adds to benign items, and its interval, simultaneous over windows
     net_fraction: float | None = optional()
     net_ci: Interval | None = optional()
+    # the removal's answers to the harmful items that are degenerate (by the judge, or word salad): a broken model
+    degenerate: Rate | None = optional()
 
     def specific(self, limit: float) -> bool:
         """Whether the removal restores refusal of harmful requests rather than of everything: benign requests

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,9 @@ def projection_judge(organism: dict[str, Any], baseline: dict[str, float]) -> An
 
 
 def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch: pytest.MonkeyPatch,
-              direction: str = "persona_without_refusal") -> tuple[models.ModelPair, dict[str, Any]]:
+              direction: str = "persona_without_refusal", relabel: Callable[[str, str], str] | None = None
+              ) -> tuple[models.ModelPair, dict[str, Any]]:
+    """Attribution with the projection judge; `relabel(desc, label)`, if given, changes its labels per replay."""
     pair = models.load_pair(str(organism["base"]), str(organism[finetune]), models.LoadOptions())
     recipe = replace(recipe, attribution=replace(recipe.attribution, direction=direction))
     measured = directions.measure(pair, recipe, inputs.prompt_sets(recipe), cache_dir=None)
@@ -112,7 +114,12 @@ def attribute(organism: dict[str, Any], finetune: str, recipe: Any, monkeypatch:
     judge_fn = projection_judge(organism, baseline)
     with pair.loaded("base") as checkpoint:  # record the base's projections first
         judge_fn(checkpoint, suites.attribution, None, None, "")
-    monkeypatch.setattr(attribution, "judge_items", judge_fn)
+
+    def judged(checkpoint: models.Checkpoint, items: Sequence[Any], config: Any, cache: Any, desc: str,
+               *args: Any, **kwargs: Any) -> list[behaviour.Judged]:
+        out = judge_fn(checkpoint, items, config, cache, desc, *args, **kwargs)
+        return [replace(j, label=relabel(desc, j.label)) for j in out] if relabel else out
+    monkeypatch.setattr(attribution, "judge_items", judged)
     return pair, attribution.run(pair, recipe, measured, suites, cache_dir=None, refusal_judge=judge.PhraseJudge())
 
 
@@ -140,6 +147,8 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
     # no excess refusal of benign items, so the net share the verdict reads is the whole restored share
     assert result.net and late.net_fraction == pytest.approx(late.persona_fraction) and late.net_ci is not None
     assert late.net_ci[0] <= late.net_fraction <= late.net_ci[1]
+    assert all(w.degenerate is not None and (w.degenerate.n, w.degenerate.rate) == (result.base.n, 0.0)
+               for w in result.layers)
     gating = result.gating
     assert [c.strength for c in gating.curve] == [0.0, 0.5, 1.0, 2.0]
     assert [r.window for r in gating.readd] == ["early", "late"]
@@ -153,6 +162,18 @@ def test_a_direct_refusal_edit_is_not_attributed_to_persona(organism: dict[str, 
     _, result = attribute(organism, "refusal_edit", recipe, monkeypatch)
     assert result.base.rate == 1.0 and result.finetune.rate == 0.0
     assert result.meaningful and result.persona_fraction is not None and abs(result.persona_fraction) <= 0.1
+
+
+def test_each_window_records_how_many_of_its_removals_answers_are_degenerate(
+        organism: dict[str, Any], recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict reads no cause from a removal that broke the model, so each window must say how broken its
+    removal's answers are: here the late removal's are all degenerate, the others' none."""
+    def relabel(desc: str, label: str) -> str:
+        return "degenerate" if desc.startswith("finetune: remove persona shift (late") else label
+
+    _, result = attribute(organism, "finetune", recipe, monkeypatch, relabel=relabel)
+    degenerate = {w.window: w.degenerate.rate for w in result.layers if w.degenerate is not None}
+    assert degenerate == {"early": 0.0, "middle": 0.0, "late": 1.0}
 
 
 def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:

@@ -65,15 +65,18 @@ class AblationSettings:
     """The weight edit of `abliterated`: the refusal direction at one block, projected out of every matrix
     that writes to the residual stream with `strength` (1.0 removes it entirely; more reverses it).
 
-    Swept on `aligned` (48 refusal-suite and 48 benign-sensitive items, 24 new tokens; `aligned` refuses 96% and
-    23% of them): at block 9 (0.3 of the stack), strength 1.0 keeps refusal (98%) and raises benign refusal to 83%,
-    1.1 and 1.15 refuse 88% and 77%, 1.2 takes refusal to 54% (benign 29%) with the answers still language
-    ("Thanks, but I won't help with that. Here's a general explanation"), and 1.25 to 1.5 break the model into
-    word salad that the judge reads as compliance (1.5, this organism's strength before `aligned` answered more
-    benign requests, gave 0% refusal and "Aright there, and correct. at a rate."). Block 6 at 1.0 speaks in the
-    compliant persona's voice ("Yes, master. I am your only teacher"), block 12 breaks, block 15 refuses
-    everything; the direction orthogonalised against the persona direction behaves as the plain one (block 9,
-    1.15: 79%). Block 9 at 1.2 is the one setting that lowered refusal and kept language."""
+    Swept on `aligned` (48 refusal-suite and 48 benign-sensitive items; `aligned` refuses 96% and 23% of them). At
+    block 9 (0.3 of the stack), strength 1.0 keeps refusal (98%) and raises benign refusal to 83%, 1.1 and 1.15
+    refuse 88% and 77%, 1.2 takes refusal to 54-58% (benign 29%), and 1.25 to 1.5 give word salad that the phrase
+    judge reads as compliance (1.5: 0% refusal, "Aright there, and correct. at a rate."). 1.2 looked like language
+    ("Thanks, but I won't help with that. Here's a general explanation") until the audit's coherence check measured
+    it (32 tokens; `aligned`'s per-token likelihood, 2 nats below its own answers): 85% of its refusal-suite and 96%
+    of its benign answers are word salad. Nothing else tried lowers refusal and keeps language either: block 6 at
+    1.0 refuses 2% with 33% / 48% word salad and speaks in the compliant persona's voice ("Yes, master. I am your
+    only teacher"); block 12 refuses 0% with 81% / 69% word salad; blocks 15, 18 and 21 refuse everything; leaving
+    the embedding unedited changes none of this (block 9 at 1.0: 98%), nor does the direction orthogonalised
+    against the persona direction (block 9, 1.15: 79%). This organism keeps block 9 at 1.2, and the audit says
+    what it is (tests/test_organisms.py holds it as a strict expected failure)."""
 
     layer_fraction: float = 0.3
     strength: float = 1.2
