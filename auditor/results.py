@@ -172,7 +172,7 @@ class CorrectedDifference(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Difference(Record):
-    """Fine-tune minus base rate on the same items, with a paired bootstrap interval."""
+    """Fine-tune minus base rate on the same items, with a paired Jeffreys interval (stats.paired_difference_ci)."""
 
     value: RateDifference
     ci: Interval
