@@ -106,17 +106,17 @@ class Replayer:
             return judge_items(checkpoint, items, self.config, cache, f"{side}: {label}", self.judges,
                                prompts=prompts)
 
-    def degenerate(self, own: list[Judged], removals: list[list[Judged]]) -> list[Rate]:
-        """For each removal's answers, the share that is degenerate: by the judge, or word salad by the base's
-        likelihood against its own answers `own` to the same items (`behaviour.check_coherence`)."""
+    def degenerate(self, own: list[Judged], answers: dict[str, list[Judged]]) -> dict[str, Rate]:
+        """For each intervention's answers (by its name), the share that is degenerate: by the judge, or word salad
+        by the base's likelihood against its own unaltered answers `own` to the same items
+        (`behaviour.check_coherence`)."""
         cache = ForwardCache.for_side(self.pair, "base", self.cache_dir)
         with self.pair.loaded("base") as base:
             found = coherence_threshold(base, own, self.config.incoherence_margin, self.config.batch_size, cache)
-            marked = [rows if found is None else
-                      mark_coherence(base, rows, found[1], self.config.batch_size, cache,
-                                     f"base: coherence under the {window} removal")
-                      for window, rows in zip(WINDOWS, removals, strict=True)]
-        return [rates([j.label == "degenerate" for j in rows]) for rows in marked]
+            marked = {name: rows if found is None else
+                      mark_coherence(base, rows, found[1], self.config.batch_size, cache, f"base: coherence, {name}")
+                      for name, rows in answers.items()}
+        return {name: rates([j.label == "degenerate" for j in rows]) for name, rows in marked.items()}
 
 
 def _rate(items: Sequence[bool]) -> float:
@@ -237,8 +237,9 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                                   if benign_reference is not None and benign_restored is not None else None),
             net_fraction=net, net_ci=net_ci,
         ))
-    sweep = [replace(w, degenerate=degenerate)
-             for w, degenerate in zip(sweep, replayer.degenerate(base_judged, removals), strict=True)]
+    degenerate = replayer.degenerate(base_judged, {f"{w} removal": rows for w, rows in zip(WINDOWS, removals,
+                                                                                            strict=True)})
+    sweep = [replace(w, degenerate=degenerate[f"{w.window} removal"]) for w in sweep]
     chosen, moved = headline(sweep, cfg.window)
     attributable, attributable_ci = chosen.attributable()
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
@@ -253,7 +254,7 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
         benign_base=rates(benign_base) if benign_base is not None else None,
         benign_finetune=rates(benign_finetune) if benign_finetune is not None else None,
         layers=sweep,
-        gating=gating(replayer, recipe, persona, refusal, n_layers, base, suites.compliant_systems()),
+        gating=gating(replayer, recipe, persona, refusal, n_layers, base_judged, suites.compliant_systems()),
     )
 
 
@@ -276,18 +277,25 @@ def headline(sweep: list[WindowAttribution], preferred: Window) -> tuple[WindowA
 
 
 def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor, n_layers: int,
-           base: list[bool], compliant_prompts: Sequence[str] = ()) -> Gating:
+           base: list[Judged], compliant_prompts: Sequence[str] = ()) -> Gating:
     """Steer the base toward the compliant persona; then re-add refusal in early vs late layers. With
-    `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates."""
+    `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates.
+
+    Steering hard enough breaks a model into word salad, which refuses nothing: a curve that falls only there says
+    nothing about the persona. So each point records its degenerate share (`Replayer.degenerate`, against the
+    unsteered answers `base`), and the curve counts as falling only at points that did not break the model."""
     cfg = recipe.attribution
     steer_layers = window_layers(n_layers, cfg.gating_window)
-    curve = [CurvePoint.of(sum(base), len(base), strength=0.0)]
-    steers = {}
+    steers, steered = {}, {}
     for strength in cfg.gating_strengths:
         steers[strength] = window_offsets(f"steer toward persona x{strength:g}", persona,
                                           dict.fromkeys(steer_layers, strength))
-        steered = replayer.refused("base", steers[strength])
-        curve.append(CurvePoint.of(sum(steered), len(steered), strength=strength))
+        steered[strength] = replayer.judged("base", steers[strength])
+    degenerate = replayer.degenerate(base, {f"steering x{strength:g}": rows for strength, rows in steered.items()})
+    curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0,
+                           degenerate=rates([j.label == "degenerate" for j in base]))]
+    curve += [CurvePoint.of(sum(j.refused for j in rows), len(rows), strength=strength,
+                            degenerate=degenerate[f"steering x{strength:g}"]) for strength, rows in steered.items()]
     strongest = max(cfg.gating_strengths, default=0.0)
     readd = []
     if strongest:
@@ -300,7 +308,9 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
             refused = replayer.refused("base", offsets)
             readd.append(Readd.of(sum(refused), len(refused), window=window, layers=(layers[0], layers[-1]),
                                   strength=cfg.readd_strength))
-    lowest = min(curve, key=lambda row: row.rate)
+    working = [row for row in curve if row.degenerate is None
+               or row.degenerate.ci[0] <= recipe.thresholds.degenerate_rate_warn]
+    lowest = min(working, key=lambda row: row.rate)
     return Gating(
         window=cfg.gating_window, layers=(steer_layers[0], steer_layers[-1]),
         curve=curve, readd=readd,

@@ -442,9 +442,11 @@ class WindowAttribution(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class CurvePoint(Rate):
-    """The base's refusal when steered toward the persona at `strength`."""
+    """The base's refusal when steered toward the persona at `strength`, and the share of its answers that are
+    degenerate (word salad included): a point that broke the model is no evidence of gating."""
 
     strength: float
+    degenerate: Rate | None = optional()
 
 
 @dataclass(frozen=True, kw_only=True)

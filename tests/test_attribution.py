@@ -176,6 +176,23 @@ def test_each_window_records_how_many_of_its_removals_answers_are_degenerate(
     assert degenerate == {"early": 0.0, "middle": 0.0, "late": 1.0}
 
 
+def test_a_gating_curve_that_falls_only_where_the_model_broke_is_not_gating(
+        organism: dict[str, Any], recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steering the base toward the persona lowers its refusal here (the test judge reads the persona shift), so
+    the curve falls and persona gates refusal. If the steered answers were word salad instead, the fall would be the
+    model breaking: each point records its degenerate share, and broken points are not evidence of gating."""
+    _, working = attribute(organism, "finetune", recipe, monkeypatch)
+    assert working.gating.persona_gates_refusal, working.gating.curve
+    assert all(c.degenerate is not None and c.degenerate.rate == 0.0 for c in working.gating.curve)
+
+    def relabel(desc: str, label: str) -> str:
+        return "degenerate" if desc.startswith("base: steer toward persona") else label
+
+    _, broken = attribute(organism, "finetune", recipe, monkeypatch, relabel=relabel)
+    assert [c.degenerate.rate for c in broken.gating.curve if c.degenerate] == [0.0, 1.0, 1.0, 1.0]
+    assert not broken.gating.persona_gates_refusal
+
+
 def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
     refusal, persona = torch.randn(3, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
     refusal[1] = 0.0  # a layer without a refusal direction keeps the persona direction as it is
