@@ -308,12 +308,22 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
             refused = replayer.refused("base", offsets)
             readd.append(Readd.of(sum(refused), len(refused), window=window, layers=(layers[0], layers[-1]),
                                   strength=cfg.readd_strength))
-    working = [row for row in curve if row.degenerate is None
-               or row.degenerate.ci[0] <= recipe.thresholds.degenerate_rate_warn]
-    lowest = min(working, key=lambda row: row.rate)
     return Gating(
         window=cfg.gating_window, layers=(steer_layers[0], steer_layers[-1]),
         curve=curve, readd=readd,
-        persona_gates_refusal=lowest.ci[1] < curve[0].ci[0],
+        persona_gates_refusal=gates(curve, recipe.thresholds.degenerate_rate_warn),
         prompted=rates(replayer.refused("base", systems=compliant_prompts)) if compliant_prompts else None,
     )
+
+
+def gates(curve: Sequence[CurvePoint], degenerate_limit: float) -> bool:
+    """Whether steering lowers refusal beyond its interval: the lowest steered rate's interval lies wholly below the
+    unsteered one's (`curve[0]`). Points whose degenerate share is above `degenerate_limit` at the Wilson low end
+    broke the model and do not count; a broken unsteered point leaves nothing to compare with."""
+    def working(point: CurvePoint) -> bool:
+        return point.degenerate is None or point.degenerate.ci[0] <= degenerate_limit
+
+    steered = [point for point in curve[1:] if working(point)]
+    if not curve or not working(curve[0]) or not steered:
+        return False
+    return min(point.ci[1] for point in steered) < curve[0].ci[0]

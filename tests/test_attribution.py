@@ -193,6 +193,20 @@ def test_a_gating_curve_that_falls_only_where_the_model_broke_is_not_gating(
     assert not broken.gating.persona_gates_refusal
 
 
+def test_gating_reads_only_the_points_that_left_the_model_speaking() -> None:
+    from auditor.results import CurvePoint
+
+    def point(strength: float, refused: int, degenerate: int) -> CurvePoint:
+        return CurvePoint.of(refused, 48, strength=strength, degenerate=Rate.of(degenerate, 48))
+
+    unsteered = point(0.0, 42, 0)
+    assert attribution.gates([unsteered, point(1.0, 40, 0), point(2.0, 0, 5)], 0.1)  # 10% degenerate: low end 4.5%
+    assert not attribution.gates([unsteered, point(1.0, 40, 0), point(2.0, 0, 30)], 0.1)
+    assert not attribution.gates([point(0.0, 42, 30), point(2.0, 0, 0)], 0.1)  # nothing sound to compare with
+    assert not attribution.gates([point(0.0, 42, 30), point(2.0, 0, 30)], 0.1)  # every point broken: no crash
+    assert not attribution.gates([unsteered], 0.1)
+
+
 def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
     refusal, persona = torch.randn(3, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
     refusal[1] = 0.0  # a layer without a refusal direction keeps the persona direction as it is
