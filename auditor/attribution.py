@@ -116,7 +116,11 @@ class Replayer:
             marked = {name: rows if found is None else
                       mark_coherence(base, rows, found[1], self.config.batch_size, cache, f"base: coherence, {name}")
                       for name, rows in answers.items()}
-        return {name: rates([j.label == "degenerate" for j in rows]) for name, rows in marked.items()}
+        return {name: degenerate_share(rows) for name, rows in marked.items()}
+
+
+def degenerate_share(rows: Sequence[Judged]) -> Rate:
+    return rates([j.label == "degenerate" for j in rows])
 
 
 def _rate(items: Sequence[bool]) -> float:
@@ -292,8 +296,7 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
                                           dict.fromkeys(steer_layers, strength))
         steered[strength] = replayer.judged("base", steers[strength])
     degenerate = replayer.degenerate(base, {f"steering x{strength:g}": rows for strength, rows in steered.items()})
-    curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0,
-                           degenerate=rates([j.label == "degenerate" for j in base]))]
+    curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0, degenerate=degenerate_share(base))]
     curve += [CurvePoint.of(sum(j.refused for j in rows), len(rows), strength=strength,
                             degenerate=degenerate[f"steering x{strength:g}"]) for strength, rows in steered.items()]
     strongest = max(cfg.gating_strengths, default=0.0)
