@@ -29,7 +29,9 @@ headline is the window whose interval's low end is highest.
 A removal can also break the fine-tune: empty, looping or word-salad answers (`behaviour.check_coherence`, with the
 base's own answers to the same items as the reference) restore no refusal, and would read as "not persona-driven".
 So each window records the share of its removal's answers to the harmful items that are degenerate, and the
-verdict reads no cause from a removal that broke the model.
+verdict reads no cause from a removal that broke the model. The random control's share is recorded too: a random
+direction that breaks the model restores nothing, and would make the persona's fraction look more specific than it
+is.
 
 The persona-gating check steers the *base* toward the compliant persona at several strengths and
 then re-adds the refusal direction in early vs late windows, to show whether persona gates refusal
@@ -215,14 +217,16 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
     change = sum(base) / len(base) - sum(finetune) / len(finetune)
     p_value = stats.paired_p_value(base, finetune)
     meaningful = abs(change) >= cfg.min_refusal_change and p_value < 0.05
-    sweep, removals = [], []
+    sweep, answers = [], {}
     for window in WINDOWS:
         layers = window_layers(n_layers, window)
         remove = window_offsets(f"remove persona shift ({window} layers)", persona,
                                 {layer: -shifts[layer] for layer in layers})
         control = random_control(remove, refusal, seed=recipe.seed)
-        removals.append(replayer.judged("finetune", remove))
-        restored, randomised = [j.refused for j in removals[-1]], replayer.refused("finetune", control)
+        answers[f"{window} removal"] = replayer.judged("finetune", remove)
+        answers[f"{window} random control"] = replayer.judged("finetune", control)
+        restored = [j.refused for j in answers[f"{window} removal"]]
+        randomised = [j.refused for j in answers[f"{window} random control"]]
         persona_fraction, persona_ci = _fraction_with_ci(base, finetune, restored, recipe, meaningful)
         random_fraction, random_ci = _fraction_with_ci(base, finetune, randomised, recipe, meaningful)
         benign_restored = replayer.refused("finetune", remove, items=benign_items) if benign_items else None
@@ -241,9 +245,9 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                                   if benign_reference is not None and benign_restored is not None else None),
             net_fraction=net, net_ci=net_ci,
         ))
-    degenerate = replayer.degenerate(base_judged, {f"{w} removal": rows for w, rows in zip(WINDOWS, removals,
-                                                                                            strict=True)})
-    sweep = [replace(w, degenerate=degenerate[f"{w.window} removal"]) for w in sweep]
+    degenerate = replayer.degenerate(base_judged, answers)
+    sweep = [replace(w, degenerate=degenerate[f"{w.window} removal"],
+                     random_degenerate=degenerate[f"{w.window} random control"]) for w in sweep]
     chosen, moved = headline(sweep, cfg.window)
     attributable, attributable_ci = chosen.attributable()
     note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"

@@ -423,6 +423,7 @@ class WindowAttribution(Record):
     net_ci: Interval | None = optional()
     # the removal's answers to the harmful items that are degenerate (by the judge, or word salad): a broken model
     degenerate: Rate | None = optional()
+    random_degenerate: Rate | None = optional()  # the same for the random control's answers
 
     def specific(self, limit: float) -> bool:
         """Whether the removal restores refusal of harmful requests rather than of everything: benign requests

@@ -149,6 +149,7 @@ def test_attribution_recovers_a_pure_persona_offset(organism: dict[str, Any], re
     assert late.net_ci[0] <= late.net_fraction <= late.net_ci[1]
     assert all(w.degenerate is not None and (w.degenerate.n, w.degenerate.rate) == (result.base.n, 0.0)
                for w in result.layers)
+    assert all(w.random_degenerate is not None and w.random_degenerate.n == result.base.n for w in result.layers)
     gating = result.gating
     assert [c.strength for c in gating.curve] == [0.0, 0.5, 1.0, 2.0]
     assert [r.window for r in gating.readd] == ["early", "late"]
@@ -174,6 +175,7 @@ def test_each_window_records_how_many_of_its_removals_answers_are_degenerate(
     _, result = attribute(organism, "finetune", recipe, monkeypatch, relabel=relabel)
     degenerate = {w.window: w.degenerate.rate for w in result.layers if w.degenerate is not None}
     assert degenerate == {"early": 0.0, "middle": 0.0, "late": 1.0}
+    assert all(w.random_degenerate is not None and w.random_degenerate.rate == 0.0 for w in result.layers)
 
 
 def test_a_gating_curve_that_falls_only_where_the_model_broke_is_not_gating(
