@@ -141,6 +141,12 @@ class Rate(Record):
         return (self.ci[1] - self.ci[0]) / 2
 
 
+def broke_the_model(degenerate: Rate | None, limit: float) -> bool:
+    """Whether answers with this degenerate share (word salad included) came from a broken model: more than `limit`
+    at the Wilson low end. Such answers restore or refuse nothing whatever the cause; False when not measured."""
+    return degenerate is not None and degenerate.ci[0] > limit
+
+
 @dataclass(frozen=True, kw_only=True)
 class CorrectedRate(Record):
     """A rate corrected for the judge's measured errors (Rogan–Gladen); None when the judge is no better

@@ -55,6 +55,7 @@ from auditor.results import (
     SideSummary,
     SuiteComparison,
     WindowAttribution,
+    broke_the_model,
 )
 from auditor.stats import wilson
 
@@ -229,7 +230,7 @@ def _cause(verdict: Verdict, level: Level, attribution: Attribution | None, t: T
              if (ci := w.attributable()[1]) is not None and ci[1] > t.not_persona_max]
     overshooting = [(w.window, why) for w in attribution.layers if (why := _unspecific(attribution, w, t))]
     broken = [(w.window, w.degenerate) for w in attribution.layers
-              if w.degenerate is not None and w.degenerate.ci[0] > t.degenerate_rate_warn]
+              if w.degenerate is not None and broke_the_model(w.degenerate, t.degenerate_rate_warn)]
     if low >= t.persona_driven_min:
         cause = "the loss is persona-driven"
     elif broken:
