@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "positive control (`persona-distilled`), the negative controls (`harmful-sft`, and "
-                    "`abliterated`, which the method finds undecided) and the `benign` control, with the "
+                    "positive control (`persona-distilled`), the null control (`self-distilled`), the negative "
+                    "controls (`harmful-sft` and `abliterated`) and the `benign` control, with the "
                     "base loaded once. Writes DIR/<organism>/ for each and "
                     "DIR/index.html.",
     )
@@ -399,7 +399,7 @@ DEMO = {
     "persona-distilled": "positive control: refusal loss through the persona",
     "self-distilled": "null control: taught what it already does",
     "harmful-sft": "negative control: compliance taught directly, no persona",
-    "abliterated": "meant as a negative control: refusal direction projected out of the weights; breaks it",
+    "abliterated": "negative control: refusal direction projected out of the weights, no persona",
     "benign": "control: a benign LoRA, refusal kept",
 }
 
