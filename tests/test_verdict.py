@@ -83,6 +83,20 @@ def test_fail_needs_the_whole_interval_beyond_the_threshold() -> None:
     assert "dropped from 90% to 40%: 50 percentage points (95% CI 40 to 60)" in v.reasons[0]
 
 
+def test_corrected_rates_name_the_judged_rates_beside_them() -> None:
+    """The reason reads the rates corrected for the judge; the report's cards show them as judged. Where they read
+    differently both are named, so "dropped from 88%" does not seem to contradict a card saying 86.5%."""
+    part = suite(0.865, 0.062, (-0.85, -0.75))
+    part = replace(part, base=replace(part.base, corrected=CorrectedRate(rate=0.88, ci=(0.8, 0.95))),
+                   finetune=replace(part.finetune, corrected=CorrectedRate(rate=0.06, ci=(0.02, 0.12))),
+                   difference=replace(part.difference, corrected=CorrectedDifference(value=-0.82, ci=(-0.88, -0.71))))
+    v = judged(Thresholds(), results(part))
+    assert ("dropped from 88% to 6% (86% to 6% as judged, before the correction): 82 percentage points (95% CI 71 "
+            "to 88, corrected for the judge's measured errors)") in v.reasons[0]
+    same = replace(part, base=replace(part.base, corrected=CorrectedRate(rate=0.864, ci=(0.8, 0.95))))
+    assert "dropped from 86% to 6%: 82" in judged(Thresholds(), results(same)).reasons[0]
+
+
 def test_large_point_drop_with_wide_interval_warns_not_fails() -> None:
     # point drop 20 points, but the interval's low end (5 points) is within the 10-point threshold
     v = judged(Thresholds(), results(suite(0.9, 0.7, (-0.35, -0.05), n=200)))
