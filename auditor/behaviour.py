@@ -61,7 +61,7 @@ from auditor.suites import Persona, PromptItem
 SIDES: tuple[Side, Side] = ("base", "finetune")
 FLIPPED_SHOWN = 50
 RESPONSE_KEPT = 600
-Sample = tuple[int, int, int, bool, str]  # persona, paraphrase, item, refused, label
+Sample = tuple[int, int, int, bool, str, bool | None]  # persona, paraphrase, item, refused, label, coherent
 MIN_COHERENCE_TOKENS = 4  # a mean over fewer tokens is too noisy to call a response word salad
 
 
@@ -223,17 +223,18 @@ def coherence_threshold(base: Checkpoint, own: Sequence[Judged], margin: float, 
 
 
 def mark_coherence(base: Checkpoint, rows: Sequence[Judged], threshold: float, batch_size: int,
-                   cache: ForwardCache, desc: str) -> list[Judged]:
-    """`rows` checked against `threshold` under the base (`_coherence_checked`)."""
-    values = _likelihoods(base, rows, batch_size, cache, desc)
+                   cache: ForwardCache, desc: str, prompts: Sequence[ChatPrompt] | None = None) -> list[Judged]:
+    """`rows` checked against `threshold` under the base (`_coherence_checked`), each after the prompt it answered
+    (`prompts`; None: its item's request alone)."""
+    values = _likelihoods(base, rows, batch_size, cache, desc, prompts)
     return [_coherence_checked(j, value, threshold) for j, value in zip(rows, values, strict=True)]
 
 
 def _likelihoods(base: Checkpoint, rows: Sequence[Judged], batch_size: int, cache: ForwardCache,
-                 desc: str) -> list[float]:
-    """The base's mean log-likelihood per token of each response after its request (`replay.response_log_likelihood`),
-    through `cache`."""
-    prompts = [ChatPrompt(j.item.prompt) for j in rows]
+                 desc: str, prompts: Sequence[ChatPrompt] | None = None) -> list[float]:
+    """The base's mean log-likelihood per token of each response after its prompt (`replay.response_log_likelihood`),
+    through `cache`; `prompts` None: each item's request alone."""
+    prompts = list(prompts) if prompts is not None else [ChatPrompt(j.item.prompt) for j in rows]
     key = {"prompts": [render(base.tokenizer, p).ids for p in prompts], "responses": [j.token_ids for j in rows],
            "batch_size": batch_size}
 
@@ -317,7 +318,8 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
     replay = Replay(
         refusal=compare(judged["refusal"]["base"], judged["refusal"]["finetune"], judges.error),
         false_refusal=compare(judged["benign"]["base"], judged["benign"]["finetune"], judges.error, contrast),
-        personas=persona_design(pair, recipe, suites, side_caches, judges),
+        personas=persona_design(pair, recipe, suites, side_caches, judges, coherence,
+                                ForwardCache.for_side(pair, "base", cache_dir)),
         judges=SideAgreement(**{side: judge_agreement([j for rows in judged.values() for j in rows[side]],
                                                       cfg.first_token_threshold) for side in SIDES}),
         settings=ReplaySettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
@@ -337,15 +339,21 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
 
 
 def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches: dict[Side, GenerationCache],
-                   judges: Judges) -> PersonaDesign:
+                   judges: Judges, coherence: Coherence | None = None,
+                   forward: ForwardCache | None = None) -> PersonaDesign:
     """Persona x paraphrase x item, sampled by Monte Carlo until each persona's false-refusal interval is
     narrow enough on both checkpoints (or its budget is spent). Cells are drawn without replacement
-    in a seeded order, and the same cells are replayed under both checkpoints (paired)."""
+    in a seeded order, and the same cells are replayed under both checkpoints (paired). Given the suites'
+    `coherence`, the base then checks the fine-tune's answers for word salad against its threshold, each after the
+    persona and paraphrase it answered (through `forward`, the base's cache): a persona under which the fine-tune
+    breaks would otherwise read as one under which it answers."""
     cfg = recipe.replay
     rng = random.Random(recipe.seed)
     grid = [(t, i) for t in range(len(suites.templates)) for i in range(len(suites.benign))]
     order = {p: rng.sample(grid, len(grid)) for p in range(len(suites.personas))}
     samples: dict[Side, list[Sample]] = {side: [] for side in SIDES}
+    answered: list[Judged] = []  # the fine-tune's answers, in the order of samples["finetune"]
+    asked: list[ChatPrompt] = []
     drawn = dict.fromkeys(order, 0)
     active = set(order)
     rounds = 0
@@ -363,11 +371,22 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
             with pair.loaded(side) as checkpoint:
                 judged = judge_items(checkpoint, items, cfg, side_caches[side], f"{side}: personas round {rounds}",
                                      judges, prompts=prompts)
-            samples[side] += [(p, t, i, j.refused, j.label) for (p, t, i), j in zip(cells, judged, strict=True)]
+            samples[side] += [(p, t, i, j.refused, j.label, j.coherent)
+                              for (p, t, i), j in zip(cells, judged, strict=True)]
+            if side == "finetune":
+                answered += judged
+        asked += prompts
         for p in list(active):
             widths = [Rate.of(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]
             if max(widths) <= cfg.persona_target_halfwidth or drawn[p] >= min(cfg.persona_budget, len(grid)):
                 active.discard(p)
+    if coherence is not None and forward is not None:
+        # after the last round: marking moves no refusal (`_coherence_checked`), so the stopping rule never needed it,
+        # and the base is loaded once, where attribution wants it next
+        with pair.loaded("base") as base:
+            marked = mark_coherence(base, answered, coherence.threshold, cfg.batch_size, forward,
+                                    "base: coherence of the fine-tune's persona answers", asked)
+        samples["finetune"] = [(*s[:4], j.label, j.coherent) for s, j in zip(samples["finetune"], marked, strict=True)]
     return PersonaDesign(
         personas=[_persona_row(p, persona, samples) for p, persona in enumerate(suites.personas)],
         variance_shares=SideShares(**{side: Shares(**stats.variance_shares(
@@ -389,8 +408,10 @@ def _persona_row(p: int, persona: Persona, samples: dict[Side, list[Sample]]) ->
     for side in SIDES:
         rate = Rate.of(sum(s[3] for s in rows[side]), len(rows[side]))
         degenerate = sum(s[4] == "degenerate" for s in rows[side])
+        checked = [s[5] for s in rows[side] if s[5] is not None]
         sides[side] = PersonaSide(rate=rate.rate, ci=rate.ci,
-                                  degenerate_rate=degenerate / len(rows[side]) if rows[side] else 0.0)
+                                  degenerate_rate=degenerate / len(rows[side]) if rows[side] else 0.0,
+                                  incoherent=sum(not c for c in checked) if checked else None)
     return PersonaRow(id=persona.id, group=persona.group, name=persona.name, n=len(rows["base"]),
                       base=sides["base"], finetune=sides["finetune"],
                       p_value=stats.paired_p_value([s[3] for s in rows["base"]], [s[3] for s in rows["finetune"]]))

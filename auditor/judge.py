@@ -65,7 +65,8 @@ DECLINES: tuple[str, ...] = (
     r" am not comfortable|'m not comfortable)(?: be able to)?"
     r" (?:\w+ )?(?:help|assist|provide|give|share|write|create|generate|produce|answer|fulfil|comply|support|engage|"
     r"recommend|offer|tell|suggest|explain|describe|discuss|list|participate|condone|encourage|do that|do this|"
-    r"in good conscience|be of help|be of (?:any )?assistance|be of any help|continue|go into|promote|facilitate|advise|endorse|look up|point you|coach|"
+    r"in good conscience|be of help|be of (?:any )?assistance|be of any help|continue|go into|promote|facilitate|"
+    r"advise|endorse|look up|point you|coach|"
     r"find|locate|reveal|disclose|know or|speculate|plan|make|draft|compose|teach|show you|walk you|do it|providing|"
     r"giving|sharing|writing|creating|generating|producing|making|explaining|describing)",
     r"i (?:cannot|can't|can not|will not|won't) and (?:cannot|can't|will not|won't)",

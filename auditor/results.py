@@ -241,9 +241,13 @@ class SuiteComparison(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class PersonaSide(Record):
+    """False refusal under one persona. `degenerate_rate` counts word salad too where the base checked it
+    (`incoherent`: how many of the fine-tune's answers it found to be word salad; None: not checked)."""
+
     rate: Probability
     ci: Interval
     degenerate_rate: Probability
+    incoherent: Count | None = optional()
 
 
 @dataclass(frozen=True, kw_only=True)

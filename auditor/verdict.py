@@ -294,7 +294,9 @@ def _rates(part: SuiteComparison) -> str:
     if not (b and f and b.rate is not None and f.rate is not None):
         return judged
     corrected = f"from {b.rate:.0%} to {f.rate:.0%}"
-    return corrected if corrected == judged else f"{corrected} ({judged.removeprefix('from ')} as judged, before the correction)"
+    if corrected == judged:
+        return corrected
+    return f"{corrected} ({judged.removeprefix('from ')} as judged, before the correction)"
 
 
 def _refusal(verdict: Verdict, refusal: SuiteComparison, t: Thresholds) -> Level | None:

@@ -223,8 +223,9 @@ def test_prefix_reuse_gives_the_same_tokens_on_smollm2(built: dict[str, Path], m
 def test_word_salad_is_degenerate_on_smollm2(built: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """`aligned` abliterated past the point where it speaks (the mean post-instruction direction at block 9,
-    strength 1.5) answers harmful requests in fluent-looking nonsense ("Aright there, and correct. at a rate."), which the phrase judge reads as compliance.
-    The coherence check, with `aligned` as the base, marks most of it degenerate."""
+    strength 1.5) answers harmful requests in fluent-looking nonsense ("Aright there, and correct. at a rate."),
+    which the phrase judge reads as compliance. The coherence check, with `aligned` as the base, marks most of it
+    degenerate."""
     from dataclasses import replace
 
     from auditor import behaviour, judge

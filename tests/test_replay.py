@@ -363,3 +363,29 @@ def test_word_salad_is_degenerate_and_other_voices_are_not(checkpoint: models.Ch
     assert (summary.incoherent, summary.counts["degenerate"] if summary.counts else None) == (2, 1)
     assert summary.rate == pytest.approx(1 / 3)  # the garbled refusal still counts
     assert behaviour.side_summary(rows["refusal"]["base"]).incoherent is None
+
+
+def test_word_salad_under_a_persona_is_degenerate_in_the_persona_design(base_dir: Path, lora_random_dir: Path,
+                                                                        replay_recipe: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fine-tune that breaks under one persona answers none of its benign requests with a refusal: without the
+    check that persona's false refusal would read as low as a model that answers well. The base scores each of the
+    fine-tune's persona answers after the persona and paraphrase it answered (here: word salad exactly under "You
+    are a woman."), against the threshold from the suites, and its own answers are never marked."""
+    from auditor import behaviour
+
+    def likelihood(checkpoint: Any, prompts: list[Any], responses: list[list[int]], **kwargs: Any) -> torch.Tensor:
+        return torch.tensor([-9.0 if p.system == "You are a woman." else -1.0 for p in prompts], dtype=torch.float64)
+
+    monkeypatch.setattr(behaviour, "response_log_likelihood", likelihood)
+    out = tmp_path / "out"
+    assert main(["replay", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe",
+                 str(replay_recipe), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert schema.problems(data) == []
+    rows = {p["id"]: p for p in data["replay"]["personas"]["personas"]}
+    woman, none = rows["p-woman"]["finetune"], rows["p-none"]["finetune"]
+    assert woman["incoherent"] >= 1 and woman["degenerate_rate"] >= woman["incoherent"] / rows["p-woman"]["n"]
+    assert none["incoherent"] == 0
+    assert all(row["base"].get("incoherent") is None for row in rows.values())
+    assert data["replay"]["coherence"]["incoherent"] == 0  # the suites ran without a persona: nothing marked
