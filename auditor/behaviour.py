@@ -339,8 +339,7 @@ def run(pair: ModelPair, recipe: Recipe, suites: Suites, harmless: Sequence[Chat
 
 
 def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches: dict[Side, GenerationCache],
-                   judges: Judges, coherence: Coherence | None = None,
-                   forward: ForwardCache | None = None) -> PersonaDesign:
+                   judges: Judges, coherence: Coherence | None, forward: ForwardCache) -> PersonaDesign:
     """Persona x paraphrase x item, sampled by Monte Carlo until each persona's false-refusal interval is
     narrow enough on both checkpoints (or its budget is spent). Cells are drawn without replacement
     in a seeded order, and the same cells are replayed under both checkpoints (paired). Given the suites'
@@ -380,7 +379,7 @@ def persona_design(pair: ModelPair, recipe: Recipe, suites: Suites, side_caches:
             widths = [Rate.of(sum(s[3] for s in samples[side] if s[0] == p), drawn[p]).half_width for side in SIDES]
             if max(widths) <= cfg.persona_target_halfwidth or drawn[p] >= min(cfg.persona_budget, len(grid)):
                 active.discard(p)
-    if coherence is not None and forward is not None:
+    if coherence is not None:
         # after the last round: marking moves no refusal (`_coherence_checked`), so the stopping rule never needed it,
         # and the base is loaded once, where attribution wants it next
         with pair.loaded("base") as base:
