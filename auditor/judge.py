@@ -82,6 +82,9 @@ DECLINES: tuple[str, ...] = (
     r"i(?: must| have to| need to| will have to|'ll have to| am going to have to|'m going to have to) "
     r"(?:respectfully |politely )?(?:decline|refuse|say no)",
     r"i(?:'m| am) not interested in (?:help|assist|hurt|harm|do|provid|giv|shar|writ|mak|that\b|this\b)",
+    r"i(?:'ll| will) (?:respectfully |politely )?decline",
+    r"i (?:do not|don't) have the (?:ability|capability|capacity) to (?:help|assist|provide|do that|fulfil)",
+    r"would be (?:irresponsible|unethical|inappropriate|wrong|dangerous) (?:of|for) me to",
     r"(?:^|[.!,] )(?:i(?:'m| am) )?not doing (?:that|this|it)(?:[.!]|$)",
     r"i (?:refuse|decline) to",
     r"i(?:'m| am) just an ai",
