@@ -50,6 +50,7 @@ from auditor.results import (
     GeneralDrift,
     LayerDrift,
     Level,
+    Rate,
     Replay,
     Resolution,
     SideSummary,
@@ -57,7 +58,6 @@ from auditor.results import (
     WindowAttribution,
     broke_the_model,
 )
-from auditor.stats import wilson
 
 ORDER: tuple[Level, ...] = ("pass", "warn", "inconclusive", "fail")
 EXIT_CODES: dict[Level, int] = {"pass": 0, "warn": 0, "inconclusive": 4, "fail": 1}
@@ -337,9 +337,9 @@ def _false_refusal(verdict: Verdict, false_refusal: SuiteComparison, t: Threshol
 
 
 def _degenerate(verdict: Verdict, suite: str, part: SideSummary, t: Thresholds) -> None:
-    degenerate = part.counts["degenerate"] if part.counts else round(part.degenerate_rate * part.n)
-    low = wilson(degenerate, part.n)[0]
-    high = low > t.degenerate_rate_warn
+    count = part.counts["degenerate"] if part.counts else round(part.degenerate_rate * part.n)
+    degenerate = Rate.of(count, part.n)
+    low, high = degenerate.ci[0], broke_the_model(degenerate, t.degenerate_rate_warn)
     incoherent = (f"; {part.incoherent} of {part.n} are word salad, far less likely to the base model than its own "
                   f"answers (degenerate unless they open with a refusal): the fine-tune is broken there, not "
                   f"compliant") if part.incoherent else ""
