@@ -117,15 +117,22 @@ class Replayer:
             return judge_items(checkpoint, items, self.config, cache, f"{side}: {label}", self.judges,
                                prompts=prompts)
 
-    def degenerate(self, own: list[Judged], answers: dict[str, list[Judged]]) -> dict[str, Rate]:
+    def threshold(self, own: list[Judged]) -> float | None:
+        """The per-token likelihood below which an answer is word salad, from the base's own unaltered answers `own`
+        to the items (`behaviour.coherence_threshold`); None when none is long enough to tell. Computed once per
+        attribution: the windows and the gating points are read against the same answers."""
+        with self.pair.loaded("base") as base:
+            found = coherence_threshold(base, own, self.config.incoherence_margin, self.config.batch_size,
+                                        ForwardCache.for_side(self.pair, "base", self.cache_dir))
+        return None if found is None else found[1]
+
+    def degenerate(self, threshold: float | None, answers: dict[str, list[Judged]]) -> dict[str, Rate]:
         """For each intervention's answers (by its name), the share that is degenerate: by the judge, or word salad
-        by the base's likelihood against its own unaltered answers `own` to the same items
-        (`behaviour.check_coherence`)."""
+        by the base's likelihood below `threshold` (`Replayer.threshold`; None: the judge's labels alone)."""
         cache = ForwardCache.for_side(self.pair, "base", self.cache_dir)
         with self.pair.loaded("base") as base:
-            found = coherence_threshold(base, own, self.config.incoherence_margin, self.config.batch_size, cache)
-            marked = {name: rows if found is None else
-                      mark_coherence(base, rows, found[1], self.config.batch_size, cache, f"base: coherence, {name}")
+            marked = {name: rows if threshold is None else
+                      mark_coherence(base, rows, threshold, self.config.batch_size, cache, f"base: coherence, {name}")
                       for name, rows in answers.items()}
         return {name: degenerate_share(rows) for name, rows in marked.items()}
 
@@ -254,7 +261,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                                   if benign_reference is not None and benign_restored is not None else None),
             net_fraction=net, net_ci=net_ci,
         ))
-    degenerate = replayer.degenerate(base_judged, answers)
+    threshold = replayer.threshold(base_judged)
+    degenerate = replayer.degenerate(threshold, answers)
     sweep = [replace(w, degenerate=degenerate[f"{w.window} removal"],
                      random_degenerate=degenerate[f"{w.window} random control"]) for w in sweep]
     chosen, moved = headline(sweep, cfg.window)
@@ -271,7 +279,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
         benign_base=rates(benign_base) if benign_base is not None else None,
         benign_finetune=rates(benign_finetune) if benign_finetune is not None else None,
         layers=sweep,
-        gating=gating(replayer, recipe, persona, refusal, n_layers, base_judged, suites.compliant_systems()),
+        gating=gating(replayer, recipe, persona, refusal, n_layers, base_judged, threshold,
+                      suites.compliant_systems()),
     )
 
 
@@ -294,13 +303,14 @@ def headline(sweep: list[WindowAttribution], preferred: Window) -> tuple[WindowA
 
 
 def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor, n_layers: int,
-           base: list[Judged], compliant_prompts: Sequence[str] = ()) -> Gating:
+           base: list[Judged], threshold: float | None, compliant_prompts: Sequence[str] = ()) -> Gating:
     """Steer the base toward the compliant persona; then re-add refusal in early vs late layers. With
     `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates.
 
     Steering hard enough breaks a model into word salad, which refuses nothing: a curve that falls only there says
     nothing about the persona. So each point records its degenerate share (`Replayer.degenerate`, against the
-    unsteered answers `base`), and the curve counts as falling only at points that did not break the model."""
+    `threshold` from the unsteered answers `base`), and the curve counts as falling only at points that did not break
+    the model."""
     cfg = recipe.attribution
     steer_layers = window_layers(n_layers, cfg.gating_window)
     steers, steered = {}, {}
@@ -308,7 +318,8 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
         steers[strength] = window_offsets(f"steer toward persona x{strength:g}", persona,
                                           dict.fromkeys(steer_layers, strength))
         steered[strength] = replayer.judged("base", steers[strength])
-    degenerate = replayer.degenerate(base, {f"steering x{strength:g}": rows for strength, rows in steered.items()})
+    degenerate = replayer.degenerate(threshold,
+                                     {f"steering x{strength:g}": rows for strength, rows in steered.items()})
     curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0, degenerate=degenerate_share(base))]
     curve += [CurvePoint.of(sum(j.refused for j in rows), len(rows), strength=strength,
                             degenerate=degenerate[f"steering x{strength:g}"]) for strength, rows in steered.items()]
