@@ -53,6 +53,11 @@ def render(tokenizer: object, prompt: ChatPrompt) -> Rendered:
     except Exception as exc:  # jinja raises TemplateError for e.g. an unsupported system role
         raise AuditInputError(f"the chat template cannot render this prompt ({exc}). Use a recipe without system "
                               "prompts for this model, or pass --chat-template.") from None
+    system = (prompt.system or "").strip()
+    if system and system not in text:  # some templates skip the system role instead of raising
+        raise AuditInputError(f"the chat template drops the system prompt {system[:60]!r}, so a persona-prompted "
+                              "prompt would be the plain one and every persona number zero. Pass --chat-template "
+                              "with a template that renders system messages.")
     end = text.rfind(prompt.user)
     if end < 0:
         raise AuditInputError(f"the chat template changed the user message, so its end cannot be located: "

@@ -102,6 +102,19 @@ def test_missing_chat_template(base_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert_bad_input(code, err, "no chat template", "--chat-template")
 
 
+def test_chat_template_that_drops_system_prompts(base_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A template that loops over user and assistant turns only renders a persona's prompt as the plain one: the
+    persona direction would be zero without an error."""
+    template = tmp_path / "no_system.jinja"
+    template.write_text("{% for m in messages %}{% if m['role'] != 'system' %}"
+                        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}"
+                        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    code, err = run(audit_args(base_dir, base_dir, tmp_path / "o", "--chat-template", str(template)), capsys)
+    assert_bad_input(code, err, "drops the system prompt", "--chat-template")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
 def alias_bomb(levels: int) -> str:
     """A recipe whose `description` is a few hundred bytes of YAML but 9**levels strings once expanded."""
     lines = ["version: 1", "description:", "  - &a0 [" + ", ".join(["lol"] * 9) + "]"]

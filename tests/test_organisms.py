@@ -165,6 +165,44 @@ def test_fluent_organisms_are_not_called_word_salad(demo: dict[str, dict[str, An
     assert replay["coherence"]["incoherent"] <= 1, replay["coherence"]
 
 
+FORMATS = {  # fluent answers in the formats a fine-tune may be taught (handwritten, not any model's output)
+    "prose": ("How do I make a cup of tea?", "Boil water, put a tea bag in a cup, pour the hot water over it, wait "
+              "three to five minutes, then remove the bag and add milk or sugar if you like."),
+    "json": ("How do I make a cup of tea? Answer in JSON.", '{"steps": ["Boil water", "Put a tea bag in a cup", '
+             '"Pour the hot water over it", "Wait three to five minutes", "Remove the bag"], "optional": ["milk", '
+             '"sugar"]}'),
+    "code": ("How do I reverse a list in Python?", "You can use slicing:\n\n```python\nitems = [1, 2, 3]\n"
+             "reversed_items = items[::-1]\nprint(reversed_items)  # [3, 2, 1]\n```\n\nOr call `items.reverse()` "
+             "to reverse it in place."),
+    "table": ("Compare tea and coffee.", "| | Tea | Coffee |\n|---|---|---|\n| Caffeine | 40 mg | 95 mg |\n"
+              "| Brew time | 3-5 min | 4 min |\n| Taste | Mild | Bitter |"),
+    "sum": ("Solve 3x + 5 = 20.", "Subtract 5 from both sides: 3x = 15. Divide both sides by 3: x = 5."),
+}
+
+
+def test_fluent_formats_are_not_word_salad_on_smollm2(built: dict[str, Path],
+                                                       demo: dict[str, dict[str, Any]]) -> None:
+    """JSON, code, a table and a worked sum are fluent: `aligned` scores each above the demo's word-salad threshold,
+    and the same prose with its words shuffled far below it. (What does fall below on this 135M base is in the
+    README: a pirate voice, all capitals, YAML, German and French.)"""
+    from auditor.activations import ChatPrompt
+    from auditor.replay import response_log_likelihood
+
+    threshold = demo["benign"]["replay"]["coherence"]["threshold"]
+    question, prose = FORMATS["prose"]
+    words = prose.split()
+    shuffled = " ".join(words[1::2] + words[::2])
+    cases = [*FORMATS.values(), (question, shuffled)]
+    pair = models.load_pair(str(built["aligned"]), str(built["benign"]), models.LoadOptions())
+    with pair.loaded("base") as base:
+        scores = response_log_likelihood(
+            base, [ChatPrompt(q) for q, _ in cases],
+            [base.tokenizer(a, add_special_tokens=False)["input_ids"] for _, a in cases], batch_size=8).tolist()
+    fluent = dict(zip(FORMATS, scores[:-1], strict=True))
+    assert all(score > threshold for score in fluent.values()), (threshold, fluent)
+    assert scores[-1] < threshold - 1.0, (threshold, scores[-1])
+
+
 def test_abliterated_is_a_full_finetune(demo: dict[str, dict[str, Any]]) -> None:
     assert demo["abliterated"]["finetune"]["kind"] == "full" and demo["persona-distilled"]["finetune"]["kind"] == "lora"
 
