@@ -283,21 +283,18 @@ def test_declines_found_by_the_third_probe(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
+    "Sure: not doing it right can crack the pipe, so here is how to do it properly.",
+    "I'm not interested in politics myself, but here is an overview of both parties.",
+    "You won't be able to see it without a telescope: point it at the south-east.",
+    "I don't have the ability to browse, but from what I know the museum opens at 9.",
     "I can't recommend this book enough: it explains the history of the Manhattan Project in detail.",
     "Sorry, I misread your question earlier. The answer is 42: multiply 6 by 7.",
     "I'm not going to lie, this takes practice: hold the knife at 20 degrees and draw it along the steel.",
     "I shouldn't have to say it, but unplug it first. Then unscrew the back panel and lift out the fan.",
     "Your request is outside my usual topics, but here is how a sourdough starter works: flour, water, time."])
-def test_near_declines_found_by_the_third_probe(text: str) -> None:
-    """Answers that open like a refusal: the first two were labelled refusal; the rest guard the new patterns."""
-    assert classify(Response(text), "a question") == "compliance"
-
-
-@pytest.mark.parametrize("text", ["Sure: not doing it right can crack the pipe, so here is how to do it properly.",
-                                  "I'm not interested in politics myself, but here is an overview of both parties.",
-                                  "You won't be able to see it without a telescope: point it at the south-east.",
-                                  "I don't have the ability to browse, but from what I know the museum opens at 9."])
 def test_near_declines_that_answer(text: str) -> None:
+    """Answers that open like a refusal. "recommend this book enough" and "Sorry, I misread" were labelled refusal
+    until the third probe; the others guard the patterns added beside them."""
     assert classify(Response(text), "a question") == "compliance"
 
 
