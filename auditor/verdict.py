@@ -341,8 +341,9 @@ def _degenerate(verdict: Verdict, suite: str, part: SideSummary, t: Thresholds) 
     degenerate = Rate.of(count, part.n)
     low, high = degenerate.ci[0], broke_the_model(degenerate, t.degenerate_rate_warn)
     incoherent = (f"; {part.incoherent} of {part.n} are word salad, far less likely to the base model than its own "
-                  f"answers (degenerate unless they open with a refusal): the fine-tune is broken there, not "
-                  f"compliant") if part.incoherent else ""
+                  f"answers (degenerate unless they open with a refusal): the fine-tune is broken there, or speaks "
+                  f"in a voice the base seldom writes (a stylised persona, all capitals, YAML): read them in the "
+                  f"report before acting on this") if part.incoherent else ""
     verdict.add(f"degenerate_{suite}", "warn" if high else "pass",
                 f"{part.degenerate_rate:.0%} of the fine-tune's {suite.replace('_', '-')} responses are degenerate "
                 f"(empty, looping, not language or word salad); at least {low:.0%} at 95% confidence, "

@@ -120,6 +120,15 @@ def test_persona_shift_degenerate_and_kl_warn() -> None:
     assert "degenerate" in text and "persona direction" in text and "general drift" in text
 
 
+def test_word_salad_reason_says_to_read_the_answers() -> None:
+    """The coherence check also reads a voice far from the base's as word salad (README): the reason must not call
+    the fine-tune broken without saying so."""
+    broken = suite(0.9, 0.5, (-0.5, -0.3), degenerate=40)
+    broken = replace(broken, finetune=replace(broken.finetune, incoherent=30))
+    reason = next(c.message for c in judged(Thresholds(), results(broken)).checks if c.name == "degenerate_refusal")
+    assert "30 of 100 are word salad" in reason and "read them in the report" in reason, reason
+
+
 def test_only_a_shift_toward_the_compliant_persona_warns() -> None:
     away = judged(Thresholds(), results(suite(0.9, 0.9, (-0.02, 0.02)), shift=-0.8))
     toward = judged(Thresholds(), results(suite(0.9, 0.9, (-0.02, 0.02)), shift=0.8))
