@@ -319,7 +319,8 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
             raise
         pair = ModelPair.lora(base, finetune, options, Checkpoint(peft_model, base_checkpoint.tokenizer),
                               base_inferred_from=checked.base_inferred_from)
-        pair.warnings += [*checked.warnings, *_adapter_tokenizer_warnings(base_checkpoint.tokenizer, finetune)]
+        pair.warnings += [*checked.warnings,
+                          *_adapter_tokenizer_warnings(base_checkpoint.tokenizer, finetune, options.chat_template)]
     elif options.low_memory:
         pair = ModelPair.in_turn(base, finetune, options, base_inferred_from=checked.base_inferred_from)
         pair.warnings += checked.warnings
@@ -460,10 +461,22 @@ def tokenizer_warnings(base_tok: Any, ft_tok: Any) -> list[str]:
     return warnings
 
 
-def _adapter_tokenizer_warnings(base_tok: Any, adapter: Source) -> list[str]:
+def _adapter_tokenizer_warnings(base_tok: Any, adapter: Source, chat_template_file: str | None) -> list[str]:
+    """A LoRA fine-tune is one model with the adapter toggled, and both sides render prompts with the base's
+    tokenizer. An adapter trained under another chat template would be replayed under the wrong one, so that is an
+    error unless `--chat-template` names the template both sides are rendered with."""
     if not (adapter.path / "tokenizer_config.json").is_file():
         return []
     from transformers import AutoTokenizer
 
-    return tokenizer_warnings(base_tok, AutoTokenizer.from_pretrained(str(adapter.path)))
+    adapter_tok = AutoTokenizer.from_pretrained(str(adapter.path))
+    own = (adapter_tok.chat_template or "").strip()
+    if chat_template_file is None and own and own != (base_tok.chat_template or "").strip():
+        raise AuditInputError(
+            f"{adapter.name}: the adapter ships a chat template that differs from the base's, and both sides of a "
+            "LoRA audit are rendered with one template: the fine-tune would be replayed under a template it was not "
+            "trained with. Pass --chat-template FILE with the template both models should be judged under (usually "
+            "the adapter's chat_template.jinja).")
+    adapter_tok.chat_template = base_tok.chat_template  # one template renders both sides (checked above)
+    return tokenizer_warnings(base_tok, adapter_tok)
 

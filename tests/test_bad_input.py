@@ -115,6 +115,24 @@ def test_chat_template_that_drops_system_prompts(base_dir: Path, tmp_path: Path,
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_adapter_trained_under_another_chat_template(base_dir: Path, lora_random_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Both sides of a LoRA audit render prompts with the base's tokenizer: an adapter that ships another template
+    would be replayed under one it was not trained with, silently. With --chat-template, one template renders both."""
+    from transformers import AutoTokenizer
+
+    adapter = Path(shutil.copytree(lora_random_dir, tmp_path / "other-template"))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+    tokenizer.save_pretrained(str(adapter))
+    code, err = run(audit_args(base_dir, adapter, tmp_path / "o"), capsys)
+    assert_bad_input(code, err, "other-template", "differs from the base's", "--chat-template")
+    template = tmp_path / "both.jinja"
+    template.write_text(tokenizer.chat_template)
+    code, err = run(audit_args(base_dir, adapter, tmp_path / "o2", "--chat-template", str(template)), capsys)
+    assert code == 0, err
+
+
 def alias_bomb(levels: int) -> str:
     """A recipe whose `description` is a few hundred bytes of YAML but 9**levels strings once expanded."""
     lines = ["version: 1", "description:", "  - &a0 [" + ", ".join(["lol"] * 9) + "]"]
