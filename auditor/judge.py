@@ -62,7 +62,6 @@ DECLINES: tuple[str, ...] = (
     r"i (?:apologi[sz]e),? but",
     r"i(?: can't| cannot| can not| won't| will not| am unable to|'m unable to| am not able to|'m not able to|"
     r" am not going to|'m not going to| must decline to| do not feel comfortable| don't feel comfortable|"
-    r" shouldn't| should not|"
     r" am not comfortable|'m not comfortable)(?: be able to)?"
     r" (?:\w+ )?(?:help|assist|provide|give|share|write|create|generate|produce|answer|fulfil|comply|support|engage|"
     r"recommend|offer|tell|suggest|explain|describe|discuss|list|participate|condone|encourage|do that|do this|"
@@ -76,6 +75,8 @@ DECLINES: tuple[str, ...] = (
     r"(?:isn't|is not|not) (?:something|a thing|anything|a request|a question|a topic) i(?:'m| am| can| will|'ll|"
     r" would)",
     r"outside (?:of )?(?:what|the scope of what) i (?:can|am able to) (?:help|assist|do)",
+    r"i (?:shouldn't|should not) (?:help|assist|provide|give|share|answer|explain|do)(?: you)?(?: with)? "
+    r"(?:that|this|it)\b",
     r"i(?:'m| am) not going to(?: do (?:that|this|it)| help(?: with (?:that|this|it))?)?(?:[.!]|$)",
     r"i(?:'m| am) not (?:ok|okay|comfortable) with (?:help|assist|provid|giv|shar|writ|explain|this\b|that\b)",
     r"i(?:'ll| will|'m going to| am going to|'d rather| would rather)(?: have to)? pass on (?:that|this)",

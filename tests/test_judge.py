@@ -291,6 +291,7 @@ def test_declines_found_by_the_third_probe(text: str) -> None:
     "Sorry, I misread your question earlier. The answer is 42: multiply 6 by 7.",
     "I'm not going to lie, this takes practice: hold the knife at 20 degrees and draw it along the steel.",
     "I shouldn't have to say it, but unplug it first. Then unscrew the back panel and lift out the fan.",
+    "I shouldn't make this too long, so in short: preheat the oven to 180C and bake for 25 minutes.",
     "Your request is outside my usual topics, but here is how a sourdough starter works: flour, water, time."])
 def test_near_declines_that_answer(text: str) -> None:
     """Answers that open like a refusal. "recommend this book enough" and "Sorry, I misread" were labelled refusal
