@@ -128,13 +128,17 @@ class Replayer:
 
     def degenerate(self, threshold: float | None, answers: dict[str, list[Judged]]) -> dict[str, Rate]:
         """For each intervention's answers (by its name), the share that is degenerate: by the judge, or word salad
-        by the base's likelihood below `threshold` (`Replayer.threshold`; None: the judge's labels alone)."""
+        by the base's likelihood below `threshold` (`Replayer.threshold`; None: the judge's labels alone). Every
+        intervention's answers are scored together: answers to the same request then share its prompt's pass, and
+        an answer that several interventions gave is scored once (`replay.response_log_likelihood`)."""
+        if threshold is None:
+            return {name: degenerate_share(rows) for name, rows in answers.items()}
+        every = [j for rows in answers.values() for j in rows]
         cache = ForwardCache.for_side(self.pair, "base", self.cache_dir)
         with self.pair.loaded("base") as base:
-            marked = {name: rows if threshold is None else
-                      mark_coherence(base, rows, threshold, self.config.batch_size, cache, f"base: coherence, {name}")
-                      for name, rows in answers.items()}
-        return {name: degenerate_share(rows) for name, rows in marked.items()}
+            marked = iter(mark_coherence(base, every, threshold, self.config.batch_size, cache,
+                                         f"base: coherence of {len(answers)} interventions' answers"))
+        return {name: degenerate_share([next(marked) for _ in rows]) for name, rows in answers.items()}
 
 
 def degenerate_share(rows: Sequence[Judged]) -> Rate:

@@ -31,7 +31,7 @@ import functools
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -88,17 +88,20 @@ class Footprint:
 
 
 def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: Footprint,
-         new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
+         new_tokens: int = 0, groups: Sequence[Hashable] | None = None,
+         separate_groups: bool = False) -> list[list[int]]:
     """Batches of indices into `lengths`, shortest prompts first (ties in the caller's order), each at most
     `limit` long and, where `budget` is known, estimated to fit in it. A prompt that does not fit alone is a
     batch of one (out-of-memory handling has the last word).
 
     With `groups` (one per prompt: prompts of a group share a prefix, such as their system prompt), prompts are
     sorted by group first, in the order groups first appear, then by length, so a group fills batches of its own
-    and its prefix can be computed once per batch; batches are still cut only by `limit` and `budget`."""
+    and its prefix can be computed once per batch; batches are cut by `limit` and `budget`, and with
+    `separate_groups` also where a group ends, so that no batch holds two groups (and its whole group's prefix
+    is shared)."""
     if limit < 1:
         raise ValueError(f"a batch size limit must be at least 1, got {limit}")
-    rank: dict[str | None, int] = {}
+    rank: dict[Hashable, int] = {}
     for group in groups or ():
         rank.setdefault(group, len(rank))
     order = sorted(range(len(lengths)), key=lambda i: (rank[groups[i]] if groups else 0, lengths[i], i))
@@ -108,7 +111,8 @@ def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: F
     for index in order:
         wider = max(width, lengths[index])
         full = len(current) == limit or (
-            budget is not None and footprint.batch_bytes(len(current) + 1, wider, new_tokens) > budget)
+            budget is not None and footprint.batch_bytes(len(current) + 1, wider, new_tokens) > budget) or (
+            separate_groups and groups is not None and bool(current) and groups[current[-1]] != groups[index])
         if current and full:
             batches.append(current)
             current, wider = [], lengths[index]
@@ -120,11 +124,12 @@ def plan(lengths: Sequence[int], *, limit: int, budget: int | None, footprint: F
 
 
 def plan_for(model: Any, device: torch.device, lengths: Sequence[int], *, limit: int,
-             new_tokens: int = 0, groups: Sequence[str | None] | None = None) -> list[list[int]]:
+             new_tokens: int = 0, groups: Sequence[Hashable] | None = None,
+             separate_groups: bool = False) -> list[list[int]]:
     """`plan` for `model` on `device`, with the budget read from the device's free memory now."""
     footprint = Footprint.of(model.config, next(model.parameters()).dtype)
     return plan(lengths, limit=limit, budget=budget(device), footprint=footprint, new_tokens=new_tokens,
-                groups=groups)
+                groups=groups, separate_groups=separate_groups)
 
 
 def budget(device: torch.device) -> int | None:
@@ -280,8 +285,9 @@ def input_device(model: nn.Module) -> torch.device:
 
 def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: Callable[[list[int], Batch], None],
                    *, limit: int, new_tokens: int = 0, needed: Sequence[bool] | None = None,
-                   share_prefix: bool = False, groups: Sequence[str | None] | None = None,
-                   own_from: Sequence[int] | None = None, desc: str = "batches") -> None:
+                   share_prefix: bool = False, groups: Sequence[Hashable] | None = None,
+                   separate_groups: bool = False, own_from: Sequence[int] | None = None,
+                   desc: str = "batches") -> None:
     """Run `run(indices, batch)` on every planned batch of `sequences` (token ids), left-padded on the model's
     input device. `limit` bounds the batch size, `new_tokens` > 0 plans for generation; with `needed`, a batch
     none of whose prompts is needed is skipped (what a cache already holds). The plan is made over all
@@ -291,11 +297,12 @@ def for_each_batch(checkpoint: Checkpoint, sequences: Sequence[list[int]], run: 
     persona's system prompt) gets that prefix's keys and values computed once (`Batch.prefix_cache`), for a
     `run` that hands them to `generate` or to a forward pass over the rest; where no prefix is worth it
     (`reusable_prefix`) the batch is plain. `groups` (see `plan`) batches the prompts of one system prompt
-    together, so that they share it; `own_from` (one index per sequence) ends the prefix before the first token a
-    capture must see (`shared_prefix_length`)."""
+    together, so that they share it (`separate_groups`: never two groups in a batch); `own_from` (one index per
+    sequence) ends the prefix before the first token a capture or a score must see (`shared_prefix_length`)."""
     model, pad_id = checkpoint.model, checkpoint.tokenizer.pad_token_id
     device = input_device(model)
-    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens, groups=groups)
+    planned = plan_for(model, device, [len(s) for s in sequences], limit=limit, new_tokens=new_tokens, groups=groups,
+                       separate_groups=separate_groups)
     todo = planned if needed is None else [group for group in planned if any(needed[i] for i in group)]
     with tqdm(total=sum(len(group) for group in todo), desc=desc, unit="prompt", leave=False) as bar, \
             torch.inference_mode():

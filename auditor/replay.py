@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -202,28 +203,44 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
 def response_log_likelihood(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
                             responses: Sequence[Sequence[int]], *, batch_size: int,
                             desc: str = "response likelihood") -> Tensor:
-    """Mean log-probability per token (nats) that `checkpoint` gives each response after its prompt, one forward
-    pass per batch over prompt and response; NaN for an empty response. Only the response's positions get logits
-    (`logits_to_keep`): they are right-aligned in a left-padded batch."""
+    """Mean log-probability per token (nats) that `checkpoint` gives each response after its prompt, from forward
+    passes over prompt and response; NaN for an empty response. Only the response's positions get logits
+    (`logits_to_keep`): they are right-aligned in a left-padded batch.
+
+    The audit scores many answers to one prompt (each removal's and each steering's answer to the same request),
+    often the same answer more than once. So each distinct (prompt, response) is scored once, and the answers to a
+    prompt answered more than once are batched together, with the prompt's keys and values computed once for them
+    (`share_prefix`; the prefix ends before the prompt's last token, whose logits predict the first response
+    token). Prompts answered once are batched by system prompt, which they then share. The values differ from
+    unshared passes by float rounding only (tests/test_replay.py)."""
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
-    sequences = [list(render(tokenizer, p).ids) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    contexts = [tuple(render(tokenizer, p).ids) for p in prompts]
+    rows: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}  # distinct (prompt, response) -> its rows
+    for i, (context, response) in enumerate(zip(contexts, responses, strict=True)):
+        if response:
+            rows.setdefault((context, tuple(response)), []).append(i)
+    pairs = list(rows)
+    answered = Counter(context for context, _ in pairs)
+    groups = [("prompt", context) if answered[context] > 1 else ("system", prompts[rows[(context, response)][0]].system)
+              for context, response in pairs]
     means = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
 
     def run(group: list[int], batch: Batch) -> None:
-        keep = max(len(responses[i]) for i in group)
-        if keep == 0:
-            return
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep + 1).logits
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
+        keep = max(len(pairs[i][1]) for i in group)
+        shared = batch.prefix_length  # the prefix's columns do not run again (`Batch.prefix_cache`)
+        logits = model(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids[:, shared:], use_cache=False, logits_to_keep=keep + 1,
+                       **batch.cache_argument()).logits[:, :-1].float()  # position t predicts token t + 1
         targets = batch.input_ids[:, -keep:]
-        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().cpu()
+        picked = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).double().cpu()
         for row, i in enumerate(group):
-            n = len(responses[i])
-            if n:
-                means[i] = picked[row, keep - n:].mean()
+            n = len(pairs[i][1])
+            means[rows[pairs[i]]] = picked[row, keep - n:].mean()
 
-    for_each_batch(checkpoint, sequences, run, limit=batch_size, desc=desc)
+    if pairs:
+        for_each_batch(checkpoint, [list(context + response) for context, response in pairs], run, limit=batch_size,
+                       share_prefix=True, groups=groups, separate_groups=True,
+                       own_from=[len(context) - 1 for context, _ in pairs], desc=desc)
     return means
 
 

@@ -206,3 +206,13 @@ def test_groups_fill_batches_of_their_own_shortest_first() -> None:
     # a batch that crosses into the next group is as wide as its longest prompt, not its last
     budget = FOOTPRINT.batch_bytes(2, 50, 0)
     assert plan([50, 10, 10], limit=3, budget=budget, footprint=FOOTPRINT, groups=["x", "y", "y"]) == [[0, 1], [2]]
+
+
+def test_separate_groups_never_share_a_batch() -> None:
+    """Scoring shares a whole prompt among its answers: a batch that held two prompts would share only their common
+    start."""
+    groups = ["b", "a", "b", "a", "b", "a", "b", "a"]
+    assert plan(LENGTHS, limit=3, budget=None, footprint=FOOTPRINT, groups=groups, separate_groups=True) == [
+        [2, 0, 6], [4], [1, 3, 7], [5]]
+    assert plan(LENGTHS, limit=8, budget=None, footprint=FOOTPRINT, groups=groups, separate_groups=True) == [
+        [2, 0, 6, 4], [1, 3, 7, 5]]

@@ -323,6 +323,29 @@ def test_response_log_likelihood_is_the_mean_over_the_response_alone(checkpoint:
         assert mean == pytest.approx(expected, abs=1e-4)
 
 
+def test_answers_to_one_prompt_share_its_pass(checkpoint: models.Checkpoint) -> None:
+    """Attribution scores every intervention's answer to the same request: the prompt runs once for all of them, an
+    answer given twice is scored once, and each value is still the one its own unshared pass gives."""
+    from auditor.replay import response_log_likelihood
+
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[2]]
+    responses = [[40, 41, 42], [50, 51, 52, 53], [60, 61], [40, 41, 42], [], [70, 71, 72]]
+    embedded: list[int] = []
+    embedding = checkpoint.model.get_input_embeddings()
+    handle = embedding.register_forward_hook(lambda module, args, output: embedded.append(args[0].numel()))
+    try:
+        means = response_log_likelihood(checkpoint, prompts, responses, batch_size=8)
+    finally:
+        handle.remove()
+    lengths = [len(render(checkpoint.tokenizer, p).ids) for p in prompts]
+    distinct_once = lengths[0] + 3 + 4 + lengths[2] + 2 + lengths[5] + 3  # prompt 0 once, its two answers after it
+    assert sum(embedded) < distinct_once + len(prompts), embedded
+    assert torch.isnan(means[4]) and means[0] == means[3]
+    for i in (0, 1, 2, 5):
+        alone = response_log_likelihood(checkpoint, prompts[i:i + 1], responses[i:i + 1], batch_size=1)
+        assert means[i].item() == pytest.approx(alone.item(), abs=1e-4)
+
+
 def test_word_salad_is_degenerate_and_other_voices_are_not(checkpoint: models.Checkpoint,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The phrase judge reads fluent-looking nonsense as compliance; the base model's likelihood catches it. A
