@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from auditor import judge, stats
@@ -25,6 +26,7 @@ from auditor.inputs import Suites
 from auditor.models import Checkpoint, ModelPair, Side
 from auditor.recipe import Recipe, ReplayConfig
 from auditor.replay import (
+    FirstSteps,
     GenerationCache,
     first_token_log_probs,
     generate,
@@ -168,13 +170,14 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
     the persona or paraphrase around it. The score costs a forward pass per prompt and is only reported for
     the suites, so the persona design and attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
+    refusal_ids = judge.refusal_token_ids(checkpoint.tokenizer) if first_token is not None else None
+    steps = FirstSteps(refusal_ids) if first_token is not None else None
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           cache=cache, share_prefix=True, desc=desc)
+                           cache=cache, share_prefix=True, desc=desc, first_steps=steps)
     scores: list[float | None] = [None] * len(prompts)
-    if first_token is not None:
-        refusal_ids = judge.refusal_token_ids(checkpoint.tokenizer)
+    if first_token is not None and refusal_ids is not None:
         log_probs = cached_first_token(checkpoint, prompts, cfg.batch_size, first_token, f"{desc} (first token)",
-                                       columns=refusal_ids)
+                                       columns=refusal_ids, generated=steps)
         scores = judge.first_token_scores(log_probs, range(len(refusal_ids))).tolist()  # columns: refusal_ids
     return [
         Judged(item=item, text=gen.text, label=judges.main.label(item.prompt, response), first_token_score=score,
@@ -256,16 +259,24 @@ def _coherence_checked(j: Judged, log_likelihood: float, threshold: float) -> Ju
 
 
 def cached_first_token(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], batch_size: int, cache: ForwardCache,
-                       desc: str, columns: list[int] | None = None) -> Tensor:
-    """First-token log-probabilities (`replay.first_token_log_probs`) through `cache`: every column of the
-    vocabulary, or only `columns` (a score needs only its refusal openings' tokens, and a vocabulary of 128k
-    columns would make the file 500 kB a prompt)."""
+                       desc: str, columns: list[int] | None = None, generated: FirstSteps | None = None) -> Tensor:
+    """First-token log-probabilities through `cache`: every column of the vocabulary, or only `columns` (a score
+    needs only its refusal openings' tokens, and a vocabulary of 128k columns would make the file 500 kB a prompt).
+    Those generation just computed (`generated`, with the same `columns`) are taken as they are; only the other
+    prompts run a pass of their own (`replay.first_token_log_probs`). The two differ by float rounding only."""
     key = {"prompts": [render(checkpoint.tokenizer, p).ids for p in prompts], "batch_size": batch_size,
            "columns": columns}
 
+    assert generated is None or generated.columns == columns, "generation kept other columns than these"
+
     def compute() -> dict[str, Tensor]:
-        log_probs = first_token_log_probs(checkpoint, prompts, batch_size=batch_size, desc=desc)
-        return {"log_probs": log_probs if columns is None else log_probs[:, columns]}
+        rows = dict(generated.rows) if generated is not None else {}
+        missing = [i for i in range(len(prompts)) if i not in rows]
+        if missing:
+            log_probs = first_token_log_probs(checkpoint, [prompts[i] for i in missing], batch_size=batch_size,
+                                              desc=desc)
+            rows.update(zip(missing, log_probs if columns is None else log_probs[:, columns], strict=True))
+        return {"log_probs": torch.stack([rows[i] for i in range(len(prompts))])}
     return cache.tensors("first-token", key, compute)["log_probs"]
 
 

@@ -17,9 +17,9 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,23 +130,54 @@ def stop_ids(checkpoint: Checkpoint) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int))
 
 
+@dataclass
+class FirstSteps:
+    """The first response token's log-probabilities that generation's first step computed, by prompt index, for the
+    prompts it generated (not those the cache held); only `columns` of the vocabulary (None: every column). The
+    first-token score needs exactly these, so a replay that generates need not run the prompts again for it."""
+
+    columns: list[int] | None = None
+    rows: dict[int, Tensor] = field(default_factory=dict)
+
+    def record(self, group: list[int]) -> Callable[[Tensor, Tensor], Tensor]:
+        """A logits processor for one batch of `group`'s prompts: it keeps the first step's scores (the raw logits,
+        under `plain_greedy`) and changes nothing."""
+        first = True
+
+        def processor(input_ids: Tensor, scores: Tensor) -> Tensor:
+            nonlocal first
+            if first:
+                log_probs = F.log_softmax(scores.float(), dim=-1)
+                kept = log_probs if self.columns is None else log_probs[:, self.columns]
+                self.rows.update(zip(group, kept.cpu(), strict=True))
+                first = False
+            return scores
+        return processor
+
+
 def generate(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], *, max_new_tokens: int, batch_size: int,
-             cache: GenerationCache, share_prefix: bool = False, desc: str = "replay") -> list[Generation]:
+             cache: GenerationCache, share_prefix: bool = False, desc: str = "replay",
+             first_steps: FirstSteps | None = None) -> list[Generation]:
     """Greedy responses to `prompts`, in order, computing only what the cache lacks. With `share_prefix`, prompts
     are batched by system prompt, then length, and the prefix a batch's prompts share is computed once for the
     batch (`batching.for_each_batch`); the tokens are the same either way (tests/test_replay.py), so it is not
     part of the cache's key. The audit's replay turns it on (`behaviour.judge_items`); other callers, such as the
-    model organisms' distillation, keep the batches they were built with."""
+    model organisms' distillation, keep the batches they were built with. `first_steps` collects the first
+    token's log-probabilities of what is generated (`FirstSteps`)."""
+    from transformers import LogitsProcessorList
+
     tokenizer, model = checkpoint.tokenizer, checkpoint.model
     rendered = [render(tokenizer, p) for p in prompts]
     keys = [prompt_key(r) for r in rendered]
     stops = stop_ids(checkpoint)
 
     def run(group: list[int], batch: Batch) -> None:
+        processors = LogitsProcessorList([first_steps.record(group)] if first_steps is not None else [])
         output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
-                                top_p=None, top_k=None, temperature=None, **batch.cache_argument())
+                                top_p=None, top_k=None, temperature=None, logits_processor=processors,
+                                **batch.cache_argument())
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         cache.add({keys[i]: cut_at_stop(tokens, stops, tokenizer) for i, tokens in zip(group, new_tokens, strict=True)})
 

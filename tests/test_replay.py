@@ -169,21 +169,58 @@ def test_a_model_judge_chosen_in_the_recipe_labels_and_is_measured(base_dir: Pat
 
 def test_first_token_scores_only_for_the_suites(base_dir: Path, lora_random_dir: Path, replay_recipe: Path,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The persona design and attribution replays skip the first-token pass: only the suites report it."""
+    """The persona design and attribution replays skip the first-token scores: only the suites report them."""
     from auditor import behaviour
 
     scored: list[int] = []
-    real = behaviour.first_token_log_probs
+    real = behaviour.cached_first_token
 
-    def counting(checkpoint: Any, prompts: Any, **kwargs: Any) -> Any:
+    def counting(checkpoint: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
         scored.append(len(prompts))
-        return real(checkpoint, prompts, **kwargs)
+        return real(checkpoint, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(behaviour, "first_token_log_probs", counting)
+    monkeypatch.setattr(behaviour, "cached_first_token", counting)
     assert main(["audit", "--base", str(base_dir), "--finetune", str(lora_random_dir), "--recipe",
                  str(replay_recipe), "--out", str(tmp_path / "out"), "--no-cache"]) in (1, 4)
     # per side: refusal (6), benign (4), contrast (1), and the harmless prompts for general drift (8)
     assert sorted(scored) == sorted([6, 4, 1, 8] * 2)
+
+
+def test_first_token_scores_come_from_generation(checkpoint: models.Checkpoint,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation's first step computes the first token's log-probabilities: the replay keeps them instead of running
+    every prompt again, and they are those a pass of its own gives. Prompts whose generations the cache held get a
+    pass of their own, and only they."""
+    from auditor import behaviour
+    from auditor.forward_cache import ForwardCache
+    from auditor.replay import FirstSteps, first_token_log_probs
+
+    columns = list(range(5, 25))
+    cache = GenerationCache.in_memory()
+    steps = FirstSteps(columns)
+    generate(checkpoint, PROMPTS[:6], max_new_tokens=4, batch_size=4, cache=cache, share_prefix=True,
+             first_steps=steps)
+    alone = first_token_log_probs(checkpoint, PROMPTS[:6], batch_size=1)[:, columns]
+    assert sorted(steps.rows) == list(range(6))
+    assert torch.allclose(torch.stack([steps.rows[i] for i in range(6)]), alone, atol=1e-4)
+    cached = FirstSteps(columns)
+    generate(checkpoint, PROMPTS[:6], max_new_tokens=4, batch_size=4, cache=cache, first_steps=cached)
+    assert cached.rows == {}  # nothing generated: the cache held every response
+    ran: list[int] = []
+    real = behaviour.first_token_log_probs
+
+    def counting(model: Any, prompts: Any, **kwargs: Any) -> Any:
+        ran.append(len(prompts))
+        return real(model, prompts, **kwargs)
+
+    monkeypatch.setattr(behaviour, "first_token_log_probs", counting)
+    partly = FirstSteps(columns, {i: row for i, row in steps.rows.items() if i not in (1, 4)})
+    for generated, passes in ((steps, []), (cached, [6]), (partly, [2])):
+        ran.clear()
+        scores = behaviour.cached_first_token(checkpoint, PROMPTS[:6], 4, ForwardCache(None, None), "first token",
+                                              columns=columns, generated=generated)
+        assert ran == passes
+        assert torch.allclose(scores, alone, atol=1e-4)
 
 
 def test_generation_stops_when_every_sequence_in_the_batch_has_finished(checkpoint: models.Checkpoint) -> None:
