@@ -167,15 +167,16 @@ def judge_items(checkpoint: Checkpoint, items: Sequence[PromptItem], cfg: Replay
                 first_token: ForwardCache | None = None) -> list[Judged]:
     """Generate, then judge every response with the judge, the second judge if any and (given `first_token`,
     the cache its log-probabilities go through) the first-token score. Judges see the item's own request, not
-    the persona or paraphrase around it. The score costs a forward pass per prompt and is only reported for
-    the suites, so the persona design and attribution replays skip it."""
+    the persona or paraphrase around it. The score is kept from generation's first step (a prompt whose
+    generation was cached costs a forward pass) and is only reported for the suites, so the persona design and
+    attribution replays skip it."""
     prompts = list(prompts) if prompts is not None else [ChatPrompt(item.prompt) for item in items]
-    refusal_ids = judge.refusal_token_ids(checkpoint.tokenizer) if first_token is not None else None
+    refusal_ids = judge.refusal_token_ids(checkpoint.tokenizer)
     steps = FirstSteps(refusal_ids) if first_token is not None else None
     generations = generate(checkpoint, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            cache=cache, share_prefix=True, desc=desc, first_steps=steps)
     scores: list[float | None] = [None] * len(prompts)
-    if first_token is not None and refusal_ids is not None:
+    if first_token is not None:
         log_probs = cached_first_token(checkpoint, prompts, cfg.batch_size, first_token, f"{desc} (first token)",
                                        columns=refusal_ids, generated=steps)
         scores = judge.first_token_scores(log_probs, range(len(refusal_ids))).tolist()  # columns: refusal_ids
@@ -264,10 +265,9 @@ def cached_first_token(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt], ba
     needs only its refusal openings' tokens, and a vocabulary of 128k columns would make the file 500 kB a prompt).
     Those generation just computed (`generated`, with the same `columns`) are taken as they are; only the other
     prompts run a pass of their own (`replay.first_token_log_probs`). The two differ by float rounding only."""
+    assert generated is None or generated.columns == columns, "generation kept other columns than these"
     key = {"prompts": [render(checkpoint.tokenizer, p).ids for p in prompts], "batch_size": batch_size,
            "columns": columns}
-
-    assert generated is None or generated.columns == columns, "generation kept other columns than these"
 
     def compute() -> dict[str, Tensor]:
         rows = dict(generated.rows) if generated is not None else {}
