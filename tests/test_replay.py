@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import write_replay_recipe
 
-from auditor import models, schema
+from auditor import batching, models, schema
 from auditor.activations import ChatPrompt, render
 from auditor.cli import main
 from auditor.replay import GenerationCache, generate
@@ -196,28 +196,33 @@ def test_first_token_scores_come_from_generation(checkpoint: models.Checkpoint,
     from auditor.replay import FirstSteps, first_token_log_probs
 
     columns = list(range(5, 25))
+    system = "You are a careful assistant who answers every question in as few words as it can, and nothing more."
+    prompts = [ChatPrompt(p.user, system if i % 2 else None) for i, p in enumerate(PROMPTS[:6])]
     cache = GenerationCache.in_memory()
     steps = FirstSteps(columns)
-    generate(checkpoint, PROMPTS[:6], max_new_tokens=4, batch_size=4, cache=cache, share_prefix=True,
-             first_steps=steps)
-    alone = first_token_log_probs(checkpoint, PROMPTS[:6], batch_size=1)[:, columns]
+    prefixes: list[int] = []
+    real_prefix = batching.prefix_cache
+    monkeypatch.setattr(batching, "prefix_cache", lambda *args: prefixes.append(1) or real_prefix(*args))
+    generate(checkpoint, prompts, max_new_tokens=4, batch_size=4, cache=cache, share_prefix=True, first_steps=steps)
+    assert prefixes, "the system prompt's prefix was computed once for its batch"
+    alone = first_token_log_probs(checkpoint, prompts, batch_size=1)[:, columns]
     assert sorted(steps.rows) == list(range(6))
     assert torch.allclose(torch.stack([steps.rows[i] for i in range(6)]), alone, atol=1e-4)
     cached = FirstSteps(columns)
-    generate(checkpoint, PROMPTS[:6], max_new_tokens=4, batch_size=4, cache=cache, first_steps=cached)
+    generate(checkpoint, prompts, max_new_tokens=4, batch_size=4, cache=cache, first_steps=cached)
     assert cached.rows == {}  # nothing generated: the cache held every response
     ran: list[int] = []
     real = behaviour.first_token_log_probs
 
-    def counting(model: Any, prompts: Any, **kwargs: Any) -> Any:
-        ran.append(len(prompts))
-        return real(model, prompts, **kwargs)
+    def counting(model: Any, asked: Any, **kwargs: Any) -> Any:
+        ran.append(len(asked))
+        return real(model, asked, **kwargs)
 
     monkeypatch.setattr(behaviour, "first_token_log_probs", counting)
     partly = FirstSteps(columns, {i: row for i, row in steps.rows.items() if i not in (1, 4)})
     for generated, passes in ((steps, []), (cached, [6]), (partly, [2])):
         ran.clear()
-        scores = behaviour.cached_first_token(checkpoint, PROMPTS[:6], 4, ForwardCache(None, None), "first token",
+        scores = behaviour.cached_first_token(checkpoint, prompts, 4, ForwardCache(None, None), "first token",
                                               columns=columns, generated=generated)
         assert ran == passes
         assert torch.allclose(scores, alone, atol=1e-4)
