@@ -134,9 +134,7 @@ def capture(
         # the prefix (`own_from` below): the columns cut off carry no weight
         weights.update({p: position_weights(group, width, p)[:, shared:] for p in positions})
         try:
-            model(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids[:, shared:], use_cache=False, logits_to_keep=1,
-                  **batch.cache_argument())
+            model(**batch.forward_inputs(), use_cache=False, logits_to_keep=1)
         except StopForward:
             pass  # every block asked for has run
         finally:

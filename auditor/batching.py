@@ -189,6 +189,13 @@ class Batch:
         shared prefix)."""
         return {} if self.prefix_cache is None else {cache_keyword(): self.prefix_cache}
 
+    def forward_inputs(self) -> dict[str, Any]:
+        """The keywords of a forward pass over the batch: with a shared prefix only the columns after it run, over
+        the prefix's keys and values (the attention mask still covers every column)."""
+        shared = self.prefix_length
+        return {"input_ids": self.input_ids[:, shared:], "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids[:, shared:], **self.cache_argument()}
+
 
 def left_pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device, prefix_length: int = 0) -> Batch:
     """Pad on the left; position ids count real tokens only, as they would for the prompt alone. With

@@ -222,8 +222,7 @@ def first_token_log_probs(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt],
     rows: dict[int, Tensor] = {}
 
     def run(group: list[int], batch: Batch) -> None:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        logits = model(**batch.forward_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
         for i, row in zip(group, F.log_softmax(logits.float(), dim=-1).cpu(), strict=True):
             rows[i] = row
 
@@ -258,10 +257,8 @@ def response_log_likelihood(checkpoint: Checkpoint, prompts: Sequence[ChatPrompt
 
     def run(group: list[int], batch: Batch) -> None:
         keep = max(len(pairs[i][1]) for i in group)
-        shared = batch.prefix_length  # the prefix's columns do not run again (`Batch.prefix_cache`)
-        logits = model(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids[:, shared:], use_cache=False, logits_to_keep=keep + 1,
-                       **batch.cache_argument()).logits[:, :-1].float()  # position t predicts token t + 1
+        logits = model(**batch.forward_inputs(), use_cache=False,  # the shared prompt does not run again
+                       logits_to_keep=keep + 1).logits[:, :-1].float()  # position t predicts token t + 1
         targets = batch.input_ids[:, -keep:]
         picked = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).double().cpu()
         for row, i in enumerate(group):
