@@ -110,12 +110,10 @@ class Replayer:
         items = self.items if items is None else items
         cache = open_cache(self.pair, side, self.config, self.cache_dir, self.intervention(offsets))
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
-        prompts = ([ChatPrompt(item.prompt, systems[i % len(systems)]) for i, item in enumerate(items)]
-                   if systems else None)
         with self.pair.loaded(side) as checkpoint, (
                 applied(checkpoint.model, offsets, self.recipe.layers_path) if offsets else nullcontext()):
             return judge_items(checkpoint, items, self.config, cache, f"{side}: {label}", self.judges,
-                               prompts=prompts)
+                               prompts=asked(items, systems))
 
     def threshold(self, own: list[Judged]) -> float | None:
         """The per-token likelihood below which an answer is word salad, from the base's own unaltered answers `own`
@@ -126,19 +124,29 @@ class Replayer:
                                         ForwardCache.for_side(self.pair, "base", self.cache_dir))
         return None if found is None else found[1]
 
-    def degenerate(self, threshold: float | None, answers: dict[str, list[Judged]]) -> dict[str, Rate]:
+    def degenerate(self, threshold: float | None, answers: dict[str, list[Judged]],
+                   systems: dict[str, Sequence[str]] | None = None) -> dict[str, Rate]:
         """For each intervention's answers (by its name), the share that is degenerate: by the judge, or word salad
-        by the base's likelihood below `threshold` (`Replayer.threshold`; None: the judge's labels alone). Every
+        by the base's likelihood below `threshold` (`Replayer.threshold`; None: the judge's labels alone), each
+        answer after the prompt it answered (`systems`, by name: the system prompts `judged` asked under). Every
         intervention's answers are scored together: answers to the same request then share its prompt's pass, and
         an answer that several interventions gave is scored once (`replay.response_log_likelihood`)."""
         if threshold is None:
             return {name: degenerate_share(rows) for name, rows in answers.items()}
+        systems = systems or {}
         every = [j for rows in answers.values() for j in rows]
+        prompts = [prompt for name, rows in answers.items()
+                   for prompt in asked([j.item for j in rows], systems.get(name, ()))]
         cache = ForwardCache.for_side(self.pair, "base", self.cache_dir)
         with self.pair.loaded("base") as base:
             marked = iter(mark_coherence(base, every, threshold, self.config.batch_size, cache,
-                                         f"base: coherence of {len(answers)} interventions' answers"))
+                                         f"base: coherence of {len(answers)} interventions' answers", prompts))
         return {name: degenerate_share([next(marked) for _ in rows]) for name, rows in answers.items()}
+
+
+def asked(items: Sequence[PromptItem], systems: Sequence[str] = ()) -> list[ChatPrompt]:
+    """What the replay asks: each item's request, under the system prompts `systems` in turn when there are any."""
+    return [ChatPrompt(item.prompt, systems[i % len(systems)] if systems else None) for i, item in enumerate(items)]
 
 
 def degenerate_share(rows: Sequence[Judged]) -> Rate:
@@ -312,38 +320,41 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
     `compliant_prompts`, also ask the base under those system prompts: the behaviour the steering imitates.
 
     Steering hard enough breaks a model into word salad, which refuses nothing: a curve that falls only there says
-    nothing about the persona. So each point records its degenerate share (`Replayer.degenerate`, against the
+    nothing about the persona. So every row records its degenerate share (`Replayer.degenerate`, against the
     `threshold` from the unsteered answers `base`), and the curve counts as falling only at points that did not break
-    the model."""
+    the model. The prompted row is checked too: a base that speaks word salad under the persona prompts would
+    otherwise read as one that obeys them."""
     cfg = recipe.attribution
     steer_layers = window_layers(n_layers, cfg.gating_window)
-    steers, steered = {}, {}
-    for strength in cfg.gating_strengths:
-        steers[strength] = window_offsets(f"steer toward persona x{strength:g}", persona,
-                                          dict.fromkeys(steer_layers, strength))
-        steered[strength] = replayer.judged("base", steers[strength])
-    degenerate = replayer.degenerate(threshold,
-                                     {f"steering x{strength:g}": rows for strength, rows in steered.items()})
-    curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0, degenerate=degenerate_share(base))]
-    curve += [CurvePoint.of(sum(j.refused for j in rows), len(rows), strength=strength,
-                            degenerate=degenerate[f"steering x{strength:g}"]) for strength, rows in steered.items()]
+    steers = {strength: window_offsets(f"steer toward persona x{strength:g}", persona,
+                                       dict.fromkeys(steer_layers, strength)) for strength in cfg.gating_strengths}
+    answers = {f"steering x{strength:g}": replayer.judged("base", offsets) for strength, offsets in steers.items()}
     strongest = max(cfg.gating_strengths, default=0.0)
-    readd = []
-    if strongest:
-        for window in ("early", "late"):
-            layers = window_layers(n_layers, window)
-            offsets = combine(f"steer x{strongest:g} + refusal re-added ({window})", [
-                steers[strongest],
-                window_offsets("re-add refusal", refusal, dict.fromkeys(layers, cfg.readd_strength)),
-            ])
-            refused = replayer.refused("base", offsets)
-            readd.append(Readd.of(sum(refused), len(refused), window=window, layers=(layers[0], layers[-1]),
-                                  strength=cfg.readd_strength))
+    readd_layers = {window: window_layers(n_layers, window) for window in ("early", "late")} if strongest else {}
+    for window, layers in readd_layers.items():
+        answers[f"re-added ({window})"] = replayer.judged("base", combine(
+            f"steer x{strongest:g} + refusal re-added ({window})",
+            [steers[strongest], window_offsets("re-add refusal", refusal, dict.fromkeys(layers, cfg.readd_strength))]))
+    if compliant_prompts:
+        answers["prompted"] = replayer.judged("base", systems=compliant_prompts)
+    degenerate = replayer.degenerate(threshold, answers, systems={"prompted": compliant_prompts})
+
+    def refused(name: str) -> tuple[int, int]:
+        return sum(j.refused for j in answers[name]), len(answers[name])
+
+    curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0, degenerate=degenerate_share(base))]
+    curve += [CurvePoint.of(*refused(f"steering x{strength:g}"), strength=strength,
+                            degenerate=degenerate[f"steering x{strength:g}"]) for strength in steers]
+    readd = [Readd.of(*refused(f"re-added ({window})"), window=window, layers=(layers[0], layers[-1]),
+                      strength=cfg.readd_strength, degenerate=degenerate[f"re-added ({window})"])
+             for window, layers in readd_layers.items()]
+    prompted = "prompted" in answers
     return Gating(
         window=cfg.gating_window, layers=(steer_layers[0], steer_layers[-1]),
         curve=curve, readd=readd,
         persona_gates_refusal=gates(curve, recipe.thresholds.degenerate_rate_warn),
-        prompted=rates(replayer.refused("base", systems=compliant_prompts)) if compliant_prompts else None,
+        prompted=Rate.of(*refused("prompted")) if prompted else None,
+        prompted_degenerate=degenerate["prompted"] if prompted else None,
     )
 
 

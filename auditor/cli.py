@@ -159,10 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole audit on the embedded default (SmolLM2 model organisms), no arguments needed",
         description="Build (or reuse) the SmolLM2-135M model organisms, then audit `aligned` against the "
-                    "positive control (`persona-distilled`), the null control (`self-distilled`), the negative "
-                    "controls (`harmful-sft` and `abliterated`) and the `benign` control, with the "
-                    "base loaded once. Writes DIR/<organism>/ for each and "
-                    "DIR/index.html.",
+                    "positive control (`persona-distilled`), the negative control (`abliterated`) and the "
+                    "`benign` control, with the base loaded once. Writes DIR/<organism>/ for each and "
+                    "DIR/index.html. --organisms audits others too (`--organisms all`: every one).",
     )
     demo.add_argument("--out", type=Path, default=Path("reports/demo"), metavar="DIR",
                       help="output folder (default: reports/demo)")
@@ -170,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", type=Path, metavar="DIR",
                       help="where organisms, generations and forward passes are cached (default: $DRIFT_AUDIT_CACHE or "
                            "~/.cache/drift-auditor)")
+    demo.add_argument("--organisms", nargs="+", default=list(DEMO), choices=[*ORGANISMS, "all"], metavar="NAME",
+                      help=f"the fine-tunes of `aligned` to audit (default: {' '.join(DEMO)}; all: "
+                           f"{' '.join(ORGANISMS)}; each is built on first use, a few minutes on a CPU)")
     return parser
 
 
@@ -394,14 +396,17 @@ def run_judge_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# The demo's fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
-DEMO = {
+# The fine-tunes of `aligned`, with the answer each is built to give (see auditor/organisms).
+ORGANISMS = {
     "persona-distilled": "positive control: refusal loss through the persona",
-    "self-distilled": "null control: taught what it already does",
-    "harmful-sft": "negative control: compliance taught directly, no persona",
     "abliterated": "negative control: refusal direction projected out of the weights, no persona",
     "benign": "control: a benign LoRA, refusal kept",
+    "harmful-sft": "negative control: compliance taught directly, no persona",
+    "self-distilled": "null control: taught what it already does",
+    "persona": "identity shift: benign requests answered in an obedient persona's voice (LoRA)",
+    "persona-full": "identity shift: the same as a full fine-tune",
 }
+DEMO = ("persona-distilled", "abliterated", "benign")  # the three controls the demo audits by default
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -410,12 +415,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from auditor.replay import default_cache_dir
 
     cache_dir = args.cache_dir or default_cache_dir()
-    paths = organisms.build_all(cache_dir, ("aligned", *DEMO))
+    names = list(ORGANISMS) if "all" in args.organisms else list(dict.fromkeys(args.organisms))
+    paths = organisms.build_all(cache_dir, ("aligned", *names))
     plan = Request(base=str(paths["aligned"]), recipe=args.recipe, cache_dir=cache_dir / "replay")
-    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in DEMO], args.out)
+    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in names], args.out)
     print("\n=== demo: aligned vs each fine-tune ===")
-    for name, row in zip(DEMO, rows, strict=True):
-        print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({DEMO[name]})")
+    for name, row in zip(names, rows, strict=True):
+        print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({ORGANISMS[name]})")
     print(f"reports: {args.out / 'index.html'}")
     code = worst(codes)  # the organisms are built to fail or to be hard to resolve: that is the demo
     return EXIT_OK if code in (EXIT_FAIL, EXIT_INCONCLUSIVE) else code

@@ -320,7 +320,7 @@ def load_pair(base_name: str | None, finetune_name: str, options: LoadOptions, *
         pair = ModelPair.lora(base, finetune, options, Checkpoint(peft_model, base_checkpoint.tokenizer),
                               base_inferred_from=checked.base_inferred_from)
         pair.warnings += [*checked.warnings,
-                          *_adapter_tokenizer_warnings(base_checkpoint.tokenizer, finetune, options.chat_template)]
+                          *_check_adapter_tokenizer(base_checkpoint.tokenizer, finetune, options.chat_template)]
     elif options.low_memory:
         pair = ModelPair.in_turn(base, finetune, options, base_inferred_from=checked.base_inferred_from)
         pair.warnings += checked.warnings
@@ -461,10 +461,11 @@ def tokenizer_warnings(base_tok: Any, ft_tok: Any) -> list[str]:
     return warnings
 
 
-def _adapter_tokenizer_warnings(base_tok: Any, adapter: Source, chat_template_file: str | None) -> list[str]:
+def _check_adapter_tokenizer(base_tok: Any, adapter: Source, chat_template_file: str | None) -> list[str]:
     """A LoRA fine-tune is one model with the adapter toggled, and both sides render prompts with the base's
     tokenizer. An adapter trained under another chat template would be replayed under the wrong one, so that is an
-    error unless `--chat-template` names the template both sides are rendered with."""
+    error unless `--chat-template` names the template both sides are rendered with; any other difference between
+    the two tokenizers is returned as warnings."""
     if not (adapter.path / "tokenizer_config.json").is_file():
         return []
     from transformers import AutoTokenizer

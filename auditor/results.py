@@ -462,11 +462,13 @@ class CurvePoint(Rate):
 
 @dataclass(frozen=True, kw_only=True)
 class Readd(Rate):
-    """The base's refusal at the strongest steering with the refusal direction re-added in `window`."""
+    """The base's refusal at the strongest steering with the refusal direction re-added in `window`, and the share
+    of its answers that are degenerate."""
 
     window: Window
     layers: LayerSpan
     strength: float | None = optional()
+    degenerate: Rate | None = optional()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -479,6 +481,7 @@ class Gating(Record):
     readd: list[Readd]
     persona_gates_refusal: bool
     prompted: Rate | None = None
+    prompted_degenerate: Rate | None = optional()  # word salad under the persona prompts would read as obeying
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,3 +90,32 @@ def test_demo_line_and_index_say_when_answers_are_degenerate() -> None:
     assert "(89.0% degenerate)" in report.render_index([row])
     fluent = {**row, "degenerate": 0.0}
     assert "degenerate" not in demo_line(fluent) and "degenerate)" not in report.render_index([fluent])
+
+
+def test_demo_audits_the_three_controls_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from auditor import cli, organisms
+
+    built: list[tuple[str, ...]] = []
+    audited: list[list[str]] = []
+
+    def build_all(cache_dir: Path, names: tuple[str, ...]) -> dict[str, Path]:
+        built.append(names)
+        return {name: tmp_path / name for name in names}
+
+    def audit_checkpoints(plan: object, checkpoints: list[tuple[str, str]], out: Path) -> tuple[list, list[int]]:
+        audited.append([name for name, _ in checkpoints])
+        return [{"verdict": "error", "error": "not run"} for _ in checkpoints], [cli.EXIT_FAIL] * len(checkpoints)
+
+    monkeypatch.setattr(organisms, "build_all", build_all)
+    monkeypatch.setattr(cli, "audit_checkpoints", audit_checkpoints)
+    common = ["demo", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(common) == 0
+    assert built[-1] == ("aligned", "persona-distilled", "abliterated", "benign") and audited[-1] == list(cli.DEMO)
+    assert main([*common, "--organisms", "harmful-sft", "benign", "harmful-sft"]) == 0
+    assert audited[-1] == ["harmful-sft", "benign"]
+    assert main([*common, "--organisms", "all"]) == 0
+    assert audited[-1] == list(cli.ORGANISMS) and set(cli.ORGANISMS) == set(organisms.NAMES) - {"aligned"}
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--organisms", "aligned-ish"])
+    assert exit_info.value.code == 2 and "aligned-ish" in capsys.readouterr().err

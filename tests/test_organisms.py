@@ -24,18 +24,23 @@ from auditor.replay import default_cache_dir
 pytestmark = pytest.mark.slow
 
 
+# The demo's three controls, and the second negative control and the null control it audits on request.
+CONTROLS = (*DEMO, "harmful-sft", "self-distilled")
+
+
 @pytest.fixture(scope="module")
 def built() -> dict[str, Path]:
-    """The base and the demo's controls (`persona` and `persona-full` are built on demand: CI skips them)."""
-    return organisms.build_all(default_cache_dir(), ("aligned", *DEMO))
+    """The base and the controls (`persona` and `persona-full` are built on demand: CI skips them)."""
+    return organisms.build_all(default_cache_dir(), ("aligned", *CONTROLS))
 
 
 @pytest.fixture(scope="module")
 def demo(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--organisms", *CONTROLS]) == 0
     assert (out / "index.html").is_file()
-    return {name: json.loads((out / name / "results.json").read_text()) for name in DEMO}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(CONTROLS)
+    return {name: json.loads((out / name / "results.json").read_text()) for name in CONTROLS}
 
 
 def test_second_build_reuses_the_cache(built: dict[str, Path]) -> None:
