@@ -98,15 +98,14 @@ class Replayer:
         where = self.recipe.layers_path
         return offsets.digest() if where is None else f"{offsets.digest()} at {where}"
 
-    def refused(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = (),
-                items: list[PromptItem] | None = None) -> list[bool]:
-        """Refusal per item (the refusal items unless `items` says otherwise); with `systems`, the items are
-        asked under those system prompts in turn."""
-        return [j.refused for j in self.judged(side, offsets, systems, items)]
+    def refused(self, side: Side, offsets: Offsets | None = None, items: list[PromptItem] | None = None) -> list[bool]:
+        """Refusal per item (the refusal items unless `items` says otherwise)."""
+        return [j.refused for j in self.judged(side, offsets, items=items)]
 
     def judged(self, side: Side, offsets: Offsets | None = None, systems: Sequence[str] = (),
                items: list[PromptItem] | None = None) -> list[Judged]:
-        """The judged responses behind `refused`."""
+        """The judged responses behind `refused`; with `systems`, the items are asked under those system prompts in
+        turn."""
         items = self.items if items is None else items
         cache = open_cache(self.pair, side, self.config, self.cache_dir, self.intervention(offsets))
         label = (offsets.name if offsets else "no intervention") + (" under persona prompts" if systems else "")
@@ -339,13 +338,14 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
         answers["prompted"] = replayer.judged("base", systems=compliant_prompts)
     degenerate = replayer.degenerate(threshold, answers, systems={"prompted": compliant_prompts})
 
-    def refused(name: str) -> tuple[int, int]:
+    def counts(name: str) -> tuple[int, int]:
+        """(refused, asked) among the answers `name`."""
         return sum(j.refused for j in answers[name]), len(answers[name])
 
     curve = [CurvePoint.of(sum(j.refused for j in base), len(base), strength=0.0, degenerate=degenerate_share(base))]
-    curve += [CurvePoint.of(*refused(f"steering x{strength:g}"), strength=strength,
+    curve += [CurvePoint.of(*counts(f"steering x{strength:g}"), strength=strength,
                             degenerate=degenerate[f"steering x{strength:g}"]) for strength in steers]
-    readd = [Readd.of(*refused(f"re-added ({window})"), window=window, layers=(layers[0], layers[-1]),
+    readd = [Readd.of(*counts(f"re-added ({window})"), window=window, layers=(layers[0], layers[-1]),
                       strength=cfg.readd_strength, degenerate=degenerate[f"re-added ({window})"])
              for window, layers in readd_layers.items()]
     prompted = "prompted" in answers
@@ -353,7 +353,7 @@ def gating(replayer: Replayer, recipe: Recipe, persona: Tensor, refusal: Tensor,
         window=cfg.gating_window, layers=(steer_layers[0], steer_layers[-1]),
         curve=curve, readd=readd,
         persona_gates_refusal=gates(curve, recipe.thresholds.degenerate_rate_warn),
-        prompted=Rate.of(*refused("prompted")) if prompted else None,
+        prompted=Rate.of(*counts("prompted")) if prompted else None,
         prompted_degenerate=degenerate["prompted"] if prompted else None,
     )
 
