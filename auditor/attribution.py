@@ -48,12 +48,11 @@ from pathlib import Path
 from torch import Tensor
 
 from auditor import stats
-from auditor.activations import ChatPrompt
 from auditor.behaviour import Judged, Judges, coherence_threshold, judge_items, mark_coherence, paired_difference
 from auditor.directions import DirectionsResult, shift_along
 from auditor.errors import AuditInputError
 from auditor.forward_cache import ForwardCache
-from auditor.inputs import Suites
+from auditor.inputs import Suites, asked
 from auditor.interventions import Offsets, applied, combine, random_control, window_offsets
 from auditor.judge import Judge
 from auditor.models import ModelPair, Side
@@ -141,11 +140,6 @@ class Replayer:
             marked = iter(mark_coherence(base, every, threshold, self.config.batch_size, cache,
                                          f"base: coherence of {len(answers)} interventions' answers", prompts))
         return {name: degenerate_share([next(marked) for _ in rows]) for name, rows in answers.items()}
-
-
-def asked(items: Sequence[PromptItem], systems: Sequence[str] = ()) -> list[ChatPrompt]:
-    """What the replay asks: each item's request, under the system prompts `systems` in turn when there are any."""
-    return [ChatPrompt(item.prompt, systems[i % len(systems)] if systems else None) for i, item in enumerate(items)]
 
 
 def degenerate_share(rows: Sequence[Judged]) -> Rate:

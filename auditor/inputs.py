@@ -9,7 +9,7 @@ module reads prompt or suite files: `directions` captures `Inputs.prompts`, `beh
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
 from auditor import judge, judge_eval
@@ -20,6 +20,11 @@ from auditor.suites import Persona, PromptItem, load_personas, load_prompts, loa
 
 MIN_PROMPTS = 2  # each direction set is split in two halves for the noise floor; a half with no prompt has no mean
 FEW_PROMPTS = 16  # below this a half's mean is so noisy that the floors, and every shift read against them, are noise
+
+
+def asked(items: Sequence[PromptItem], systems: Sequence[str] = ()) -> list[ChatPrompt]:
+    """Each item's request, under the system prompts `systems` in turn when there are any."""
+    return [ChatPrompt(item.prompt, systems[i % len(systems)] if systems else None) for i, item in enumerate(items)]
 
 
 @dataclass(frozen=True)
@@ -106,14 +111,12 @@ def prompt_sets(recipe: Recipe) -> PromptSets:
         if not systems:
             raise AuditInputError(f"directions.personas: {cfg.personas} has no persona with kind {kind!r}; the "
                                   "persona direction needs at least one compliant and one default system prompt.")
-    on = [ChatPrompt(q.prompt, by_kind["compliant"][i % len(by_kind["compliant"])]) for i, q in enumerate(neutral)]
-    off = [ChatPrompt(q.prompt, by_kind["default"][i % len(by_kind["default"])]) for i, q in enumerate(neutral)]
     return PromptSets(
-        harmful=[ChatPrompt(p.prompt) for p in harmful],
-        harmless=[ChatPrompt(p.prompt) for p in harmless],
-        persona_on=on,
-        persona_off=off,
-        neutral=[ChatPrompt(q.prompt) for q in neutral],
+        harmful=asked(harmful),
+        harmless=asked(harmless),
+        persona_on=asked(neutral, by_kind["compliant"]),
+        persona_off=asked(neutral, by_kind["default"]),
+        neutral=asked(neutral),
     )
 
 
