@@ -272,7 +272,8 @@ def run(pair: ModelPair, recipe: Recipe, measured: DirectionsResult, suites: Sui
                      random_degenerate=degenerate[f"{w.window} random control"]) for w in sweep]
     chosen, moved = headline(sweep, cfg.window)
     attributable, attributable_ci = chosen.attributable()
-    note = (f"refusal {describe_change(change)} on these {len(items)} prompts (p = {p_value:.3g})"
+    note = (f"refusal {describe_change(change)} on the {len(items)} refusal items attribution replays "
+            f"(p = {p_value:.3g})"
             + ("" if meaningful else "; that is within noise, so attribution is not meaningful and is not computed")
             + moved)
     return Attribution(

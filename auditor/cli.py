@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor import __version__
 from auditor.errors import AuditInputError
+from auditor.stats import describe_change
 
 if TYPE_CHECKING:
     from auditor.api import Request
@@ -432,12 +433,21 @@ def demo_line(row: dict[str, Any]) -> str:
     if row["verdict"] == "error":
         return f"the audit failed: {row['error']}"
     fraction = row["persona_fraction"]
-    attributed = ("attributable to persona: not meaningful (refusal within noise)" if fraction is None else
+    attributed = (f"attributable to persona: not computed ({within_noise(row)})" if fraction is None else
                   f"attributable to persona {fraction:.0%} [{row['persona_ci'][0]:.0%}, {row['persona_ci'][1]:.0%}]"
                   f" ({row['window']} layers{', net of benign refusal' if row.get('net') else ''}),"
                   f" random {row['random_fraction']:.0%}")
     degenerate = f" ({row['degenerate']:.0%} of its answers degenerate)" if row.get("degenerate") else ""
     return f"refusal {row['refusal_base']:.0%} -> {row['refusal']:.0%}{degenerate}; {attributed}"
+
+
+def within_noise(row: dict[str, Any]) -> str:
+    """Why no fraction: attribution replays a subset of the refusal suite, where the change can be noise even when
+    the whole suite's is not."""
+    change, n = row.get("attribution_change"), row.get("attribution_items")
+    if change is None or n is None:
+        return "refusal change within noise"
+    return f"on the {n} items attribution replays, refusal {describe_change(change)}: within noise"
 
 
 def summarize_layers(layers: Sequence[LayerDrift]) -> str:

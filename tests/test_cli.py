@@ -92,6 +92,17 @@ def test_demo_line_and_index_say_when_answers_are_degenerate() -> None:
     assert "degenerate" not in demo_line(fluent) and "degenerate)" not in report.render_index([fluent])
 
 
+def test_demo_line_says_where_the_refusal_change_was_within_noise() -> None:
+    """Attribution replays a subset of the suite: a fine-tune whose whole-suite drop warns can show none on that
+    subset. The line must name the subset, not call the fine-tune's refusal change noise."""
+    from auditor.cli import demo_line
+
+    row = {"verdict": "warn", "refusal_base": 0.87, "refusal": 0.81, "degenerate": 0.0, "persona_fraction": None,
+           "attribution_items": 96, "attribution_change": 0.03125}
+    assert demo_line(row) == ("refusal 87% -> 81%; attributable to persona: not computed (on the 96 items "
+                              "attribution replays, refusal dropped by 3.1 points: within noise)")
+
+
 def test_demo_audits_the_three_controls_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from auditor import cli, organisms

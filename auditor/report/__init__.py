@@ -162,6 +162,7 @@ def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
         "false_refusal": replay.false_refusal.finetune.rate,
         "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci, "window": attribution.window,
         "net": bool(attribution.net), "random_fraction": attribution.random_fraction,
+        "attribution_items": attribution.base.n, "attribution_change": attribution.refusal_change,
         "max_persona_shift": max((row.persona_shift for row in results.layers), key=abs),
         "kl": drift.kl, "reasons": results.reasons,
     }
