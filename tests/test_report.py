@@ -338,3 +338,14 @@ def test_html_shows_the_inconclusive_verdict_and_the_detectable_drop(audit_dir: 
     html = report.render_html(typed(data))
     assert '<span class="verdict inconclusive">inconclusive</span>' in html and ".verdict.inconclusive {" in html
     assert "Smallest detectable refusal drop" in html and "not resolved" in html
+
+
+def test_an_uncomputed_attribution_names_no_window(audit_dir: Path) -> None:
+    """With no fraction computed no window was chosen: the report and the summary must not name one, as if a
+    fraction had been measured there and found meaningless."""
+    data = json.loads((audit_dir / "results.json").read_text())
+    data["attribution"].update(persona_fraction=None, ci=None, window="late",
+                               note="refusal dropped by 3.1 points on the 96 refusal items attribution replays")
+    html, summary = report.render_html(typed(data)), report.render_summary(typed(data))
+    assert "Persona attribution<b>not computed</b>" in html and "Persona attribution (late layers)" not in html
+    assert "**Attributable to the persona shift**: not computed: refusal dropped by 3" in summary
