@@ -5,15 +5,22 @@ Definitions follow docs/ARCHITECTURE.md:
 - persona direction p_l = mean(neutral questions under a compliant persona system prompt)
   - mean(the same questions under a default-assistant system prompt);
 - `*_cos` = cosine of the base and fine-tune directions;
+- system-prompt direction s_l = mean(neutral questions under a default-assistant system prompt)
+  - mean(the same questions under the template's own default system prompt): nothing about persona
+  tells the two apart, only which system prompt the model reads;
 - `persona_shift` = mean over the neutral questions (under the template's own default system
-  prompt) of (h_ft - h_base) . p_hat / |p|, so 1.0 means the fine-tune moved as far along the
-  persona axis as the persona prompt does; `refusal_shift` is the same along r over the harmful
-  prompts (negative: the fine-tune's harmful-prompt activations moved toward harmless);
+  prompt) of (h_ft - h_base) . q_hat / |q|, where q is p without its component along s, so 1.0 means
+  the fine-tune moved as far along the persona axis as the persona prompt does. Any fine-tune trained
+  under the template's default system prompt moves along s (it changes how that prompt is read), and
+  the persona direction overlaps s (cosine 0.1-0.3 at most blocks of the SmolLM2 organisms): along
+  the raw p, the neutral `benign` LoRA moved toward the compliant persona beyond its floor at 17 of 30
+  blocks, along q at 8 (README). `refusal_shift` is the same along r over the harmful prompts
+  (negative: the fine-tune's harmful-prompt activations moved toward harmless);
 - noise floors: the same statistics between two random halves of the base model's prompts,
   repeated over `noise_splits` splits (5th percentile for cosines, 95th of |shift| for shifts);
 - `persona_shift_drift_floor`: the fine-tune's mean move on the neutral questions measured along
   directions of ordinary prompt-to-prompt variation (h_i - h_j over every pair of the base's neutral
-  questions) scaled to the persona direction's length, 95th percentile of |shift|. Every fine-tune moves
+  questions) scaled to the persona axis q's length, 95th percentile of |shift|. Every fine-tune moves
   its activations somewhat, a null fine-tune on the model's own answers included; a persona shift means
   something only where it stands out from what the same move gives along a typical direction.
 
@@ -37,6 +44,7 @@ from auditor.recipe import Position, Recipe
 from auditor.results import LayerDrift
 
 FORMAT = "drift-audit/directions/1"
+KINDS = ("refusal", "persona", "system")
 
 
 @dataclass(frozen=True)
@@ -56,14 +64,25 @@ class Directions:
 
     refusal: Tensor
     persona: Tensor
+    system: Tensor
 
     def persona_without_refusal(self) -> Tensor:
         """The persona direction minus its component along the refusal direction, per layer. A fine-tune that
         edits refusal directly moves activations along the refusal direction; measured along the raw persona
         direction that edit would pass for a persona shift wherever the two directions overlap."""
-        norm2 = (self.refusal * self.refusal).sum(-1, keepdim=True)
-        along = (self.persona * self.refusal).sum(-1, keepdim=True) / norm2.clamp_min(1e-300)
-        return self.persona - torch.where(norm2 > 0, along, torch.zeros_like(along)) * self.refusal
+        return without(self.persona, self.refusal)
+
+    def persona_axis(self) -> Tensor:
+        """The persona direction minus its component along the system-prompt direction: what `persona_shift` is
+        measured along (module docstring)."""
+        return without(self.persona, self.system)
+
+
+def without(direction: Tensor, other: Tensor) -> Tensor:
+    """Per layer, `direction` minus its component along `other` (unchanged where `other` is zero)."""
+    norm2 = (other * other).sum(-1, keepdim=True)
+    along = (direction * other).sum(-1, keepdim=True) / norm2.clamp_min(1e-300)
+    return direction - torch.where(norm2 > 0, along, torch.zeros_like(along)) * other
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,7 @@ def directions_of(acts: SetActivations) -> Directions:
     return Directions(
         refusal=_mean(acts.harmful) - _mean(acts.harmless),
         persona=_mean(acts.persona_on) - _mean(acts.persona_off),
+        system=_mean(acts.persona_off) - _mean(acts.neutral),
     )
 
 
@@ -157,6 +177,7 @@ class NoiseFloor:
 def noise_floor(acts: SetActivations, directions: Directions, *, splits: int, seed: int) -> NoiseFloor:
     """The drift statistics between random halves of one model's prompts: what chance alone gives."""
     generator = torch.Generator().manual_seed(seed)
+    axis = directions.persona_axis()
 
     def halves(n: int) -> tuple[Tensor, Tensor]:
         perm = torch.randperm(n, generator=generator)
@@ -174,7 +195,7 @@ def noise_floor(acts: SetActivations, directions: Directions, *, splits: int, se
         p_b = _mean(acts.persona_on[pb]) - _mean(acts.persona_off[pb])
         stats["refusal_cos"].append(cosine(r_a, r_b))
         stats["persona_cos"].append(cosine(p_a, p_b))
-        stats["persona_shift"].append(projection_shift(acts.neutral[qa], acts.neutral[qb], directions.persona).abs())
+        stats["persona_shift"].append(projection_shift(acts.neutral[qa], acts.neutral[qb], axis).abs())
         stats["refusal_shift"].append(projection_shift(acts.harmful[ha], acts.harmful[hb], directions.refusal).abs())
     return NoiseFloor(
         refusal_cos=torch.stack(stats["refusal_cos"]).quantile(0.05, dim=0),
@@ -190,10 +211,11 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
     d_base, d_ft = directions_of(base), directions_of(finetune)
     floor = noise_floor(base, d_base, splits=splits, seed=seed)
     moved = neutral_move(base, finetune)
+    axis = d_base.persona_axis()
     columns = {
         "refusal_cos": cosine(d_base.refusal, d_ft.refusal),
         "persona_cos": cosine(d_base.persona, d_ft.persona),
-        "persona_shift": shift_along(moved, d_base.persona),
+        "persona_shift": shift_along(moved, axis),
         "refusal_shift": projection_shift(base.harmful, finetune.harmful, d_base.refusal),
         "refusal_cos_floor": floor.refusal_cos,
         "persona_cos_floor": floor.persona_cos,
@@ -203,7 +225,8 @@ def compare(base: SetActivations, finetune: SetActivations, *, splits: int, seed
         "refusal_persona_cos_finetune": cosine(d_ft.refusal, d_ft.persona),
         "refusal_norm_base": d_base.refusal.norm(dim=-1),
         "persona_norm_base": d_base.persona.norm(dim=-1),
-        "persona_shift_drift_floor": drift_floor(base.neutral, moved, d_base.persona),
+        "persona_shift_drift_floor": drift_floor(base.neutral, moved, axis),
+        "persona_system_cos_base": cosine(d_base.persona, d_base.system),
     }
     layers = [
         LayerDrift(layer=i, **{name: float(values[i]) for name, values in columns.items()})
@@ -237,14 +260,14 @@ def directions_file(result: DirectionsResult, metadata: dict[str, str]) -> bytes
     tensors = {}
     for side, by_position in (("base", result.base), ("finetune", result.finetune)):
         for position, directions in by_position.items():
-            for kind in ("refusal", "persona"):
+            for kind in KINDS:
                 tensors[f"{side}.{kind}.{position}"] = getattr(directions, kind).float().contiguous()
     first = next(iter(tensors.values()))
     meta = {
         "format": FORMAT,
         "layers": json.dumps(list(range(first.shape[0]))),
         "layer_naming": "decoder block index l = transformers hidden_states[l + 1]",
-        "kinds": "refusal,persona",
+        "kinds": ",".join(KINDS),
         "positions": ",".join(result.base),
         **metadata,
     }

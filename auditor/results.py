@@ -533,6 +533,9 @@ class LayerDrift(Record):
     persona_norm_base: float | None = optional()
     # how far the fine-tune's move on the neutral questions reaches along typical prompt-to-prompt directions
     persona_shift_drift_floor: float | None = optional()
+    # cosine of the base's persona and system-prompt directions: the share of the persona direction that
+    # persona_shift leaves out (files without it measured persona_shift along the raw persona direction)
+    persona_system_cos_base: Cosine | None = optional()
 
     def persona_floor(self) -> float:
         """The floor a persona shift must clear: sampling noise (split halves) or the fine-tune's general drift

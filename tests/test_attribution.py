@@ -238,7 +238,8 @@ def test_gating_reads_only_the_points_that_left_the_model_speaking() -> None:
 def test_persona_direction_without_refusal_is_orthogonal_to_refusal() -> None:
     refusal, persona = torch.randn(3, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
     refusal[1] = 0.0  # a layer without a refusal direction keeps the persona direction as it is
-    orthogonal = directions.Directions(refusal=refusal, persona=persona).persona_without_refusal()
+    orthogonal = directions.Directions(refusal=refusal, persona=persona,
+                                       system=torch.zeros(3, 16, dtype=torch.float64)).persona_without_refusal()
     assert torch.allclose((orthogonal * refusal).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-9)
     assert torch.equal(orthogonal[1], persona[1])
     # what is left of the persona direction is its own shift: moving along it measures as 1.0

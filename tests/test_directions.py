@@ -106,6 +106,33 @@ def test_a_general_move_stays_under_the_drift_floor_and_a_persona_move_clears_it
         assert bool((shift <= directions.drift_floor(base, moved, persona)).all()) is within
 
 
+def test_a_move_along_the_system_prompt_direction_is_no_persona_shift() -> None:
+    """A fine-tune trained under the template's default system prompt moves along the system-prompt direction s
+    (default-assistant prompt minus the template's own, same questions). The persona direction overlaps s, so along
+    it that move would read as a persona shift; along the persona axis (p without s) it reads zero, while the
+    persona prompt's own move still reads 1.0."""
+    torch.manual_seed(3)
+    layers, d_model = 2, 16
+    questions = torch.randn(12, layers, d_model)
+    system = torch.randn(layers, d_model)
+    persona = torch.randn(layers, d_model) + 0.8 * system  # overlaps the system-prompt direction
+    harmful, harmless = torch.randn(12, layers, d_model), torch.randn(12, layers, d_model)
+    base = directions.SetActivations(harmful=harmful, harmless=harmless, persona_on=questions + system + persona,
+                                     persona_off=questions + system, neutral=questions)
+
+    def persona_shift(move: torch.Tensor) -> list[float]:
+        finetune = directions.SetActivations(**{**vars(base), "neutral": questions + move})
+        rows, d_base, _ = directions.compare(base, finetune, splits=2, seed=0)
+        assert torch.allclose(d_base.system, system.double(), atol=1e-5)
+        assert all(abs(row.persona_system_cos_base) > 0.2 for row in rows)  # the overlap is real
+        return [row.persona_shift for row in rows]
+
+    raw = directions.shift_along(2 * system.double(), persona.double())  # what the raw persona direction reads
+    assert raw.abs().min() > 0.2
+    assert persona_shift(2 * system) == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert persona_shift(persona) == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
 def test_directions_file_round_trip(base_dir: Path, lora_random_dir: Path, tiny_recipe: Path,
                                     tmp_path: Path) -> None:
     result = measure(base_dir, lora_random_dir, tiny_recipe)
@@ -113,6 +140,6 @@ def test_directions_file_round_trip(base_dir: Path, lora_random_dir: Path, tiny_
     path.write_bytes(directions.directions_file(result, {"base": "b", "finetune": "f"}))
     tensors, meta = directions.load_directions(path)
     assert meta["format"] == directions.FORMAT and meta["base"] == "b" and meta["positions"] == "post_instruction,last"
-    assert sorted(tensors) == sorted(f"{s}.{k}.{p}" for s in ("base", "finetune") for k in ("refusal", "persona")
-                                     for p in ("post_instruction", "last"))
+    assert sorted(tensors) == sorted(f"{s}.{k}.{p}" for s in ("base", "finetune")
+                                     for k in ("refusal", "persona", "system") for p in ("post_instruction", "last"))
     assert torch.allclose(tensors["finetune.persona.last"], result.finetune["last"].persona.float())
