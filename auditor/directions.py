@@ -12,10 +12,11 @@ Definitions follow docs/ARCHITECTURE.md:
   prompt) of (h_ft - h_base) . q_hat / |q|, where q is p without its component along s, so 1.0 means
   the fine-tune moved as far along the persona axis as the persona prompt does. Any fine-tune trained
   under the template's default system prompt moves along s (it changes how that prompt is read), and
-  the persona direction overlaps s (cosine 0.1-0.3 at most blocks of the SmolLM2 organisms): along
-  the raw p, the neutral `benign` LoRA moved toward the compliant persona beyond its floor at 17 of 30
-  blocks, along q at 8 (README). `refusal_shift` is the same along r over the harmful prompts
-  (negative: the fine-tune's harmful-prompt activations moved toward harmless);
+  the persona direction overlaps s (cosine -0.2 to +0.34 over the blocks of the SmolLM2 organisms):
+  along the raw p, the neutral `benign` LoRA moved toward the compliant persona beyond its floor at 17
+  of 30 blocks, seven of them late, along q at 8, none late (README). `refusal_shift` is the same
+  along r over the harmful prompts (negative: the fine-tune's harmful-prompt activations moved toward
+  harmless);
 - noise floors: the same statistics between two random halves of the base model's prompts,
   repeated over `noise_splits` splits (5th percentile for cosines, 95th of |shift| for shifts);
 - `persona_shift_drift_floor`: the fine-tune's mean move on the neutral questions measured along
