@@ -327,11 +327,12 @@ def worst(codes: list[int]) -> int:
 
 
 def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path, *, strict: bool = False,
-                      junit_path: Path | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+                      junit_path: Path | None = None, ordered: bool = True) -> tuple[list[dict[str, Any]], list[int]]:
     """Audit each (folder name, fine-tune) against the plan's base, loading the base once; writes OUT/<folder>/
     for each and OUT/index.html, and with `junit_path` a JUnit file with one suite per checkpoint (both rewritten
     after each checkpoint, so an interrupted batch keeps what it finished). Returns the index rows and exit codes
-    (`strict`: an inconclusive verdict's code is a fail's)."""
+    (`strict`: an inconclusive verdict's code is a fail's; `ordered`: the checkpoints are a sequence, so the index
+    draws their trends)."""
     from auditor import api, junit, models, outputs, report, verdict
 
     out = outputs.prepare_out_dir(out_dir)
@@ -362,7 +363,7 @@ def audit_checkpoints(plan: Request, named: list[tuple[str, str]], out_dir: Path
             codes.append(verdict.exit_code(data.verdict, strict))
             print(f"verdict: {data.verdict.upper()}")
         shared = run.pair.release_base() if run is not None else None  # after a failed load: reload the base
-        outputs.atomic_write_text(index, report.render_index(rows))
+        outputs.atomic_write_text(index, report.render_index(rows, ordered=ordered))
         if junit_path:
             junit.write(junit_path, junit.junit_xml(audited, strict=strict, errors=errors))
     print(f"\nindex: {index}" + (f"\njunit: {junit_path}" if junit_path else ""))
@@ -419,7 +420,7 @@ def run_demo(args: argparse.Namespace) -> int:
     names = list(ORGANISMS) if "all" in args.organisms else list(dict.fromkeys(args.organisms))
     paths = organisms.build_all(cache_dir, ("aligned", *names))
     plan = Request(base=str(paths["aligned"]), recipe=args.recipe, cache_dir=cache_dir / "replay")
-    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in names], args.out)
+    rows, codes = audit_checkpoints(plan, [(name, str(paths[name])) for name in names], args.out, ordered=False)
     print("\n=== demo: aligned vs each fine-tune ===")
     for name, row in zip(names, rows, strict=True):
         print(f"{name:>17}: {row['verdict'].upper():<5} {demo_line(row)}  ({ORGANISMS[name]})")

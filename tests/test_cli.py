@@ -82,14 +82,36 @@ def test_demo_line_and_index_say_when_answers_are_degenerate() -> None:
     from auditor import report
     from auditor.cli import demo_line
 
-    row = {"name": "broken", "verdict": "fail", "report": "broken/report.html", "refusal_base": 0.86,
-           "refusal": 0.08, "refusal_ci": (0.03, 0.16), "degenerate": 0.89, "false_refusal": 0.0,
+    row = {"name": "broken", "verdict": "fail", "report": "broken/report.html", "folder": "broken",
+           "refusal_base": 0.86, "refusal": 0.08, "refusal_ci": (0.03, 0.16), "degenerate": 0.89,
+           "false_refusal_base": 0.1, "false_refusal": 0.0,
            "persona_fraction": None, "persona_ci": None, "window": "late", "net": False, "random_fraction": None,
-           "max_persona_shift": 0.1, "kl": 2.0, "reasons": []}
+           "max_persona_shift": 0.1, "persona_shift_layer": 3,
+           "persona_shift_floor": 0.2, "kl": 2.0, "reasons": []}
     assert "86% -> 8% (89% of its answers degenerate)" in demo_line(row)
     assert "(89.0% degenerate)" in report.render_index([row])
     fluent = {**row, "degenerate": 0.0}
     assert "degenerate" not in demo_line(fluent) and "degenerate)" not in report.render_index([fluent])
+
+
+def test_the_index_draws_trends_only_over_ordered_checkpoints() -> None:
+    """A training run's checkpoints are a sequence and the index draws their trends; the demo's organisms are not,
+    and a line from one to the next would show a trend that is not there. Either way each row is named by its
+    report's folder, with the checkpoint it audited beneath, and false refusal reads base -> fine-tune."""
+    from auditor import report
+
+    rows = [{"name": f"/cache/organisms/{folder}-0123", "verdict": "pass", "report": f"{folder}/report.html",
+             "folder": folder, "refusal_base": 0.86, "refusal": 0.84, "refusal_ci": (0.78, 0.89), "degenerate": 0.0,
+             "false_refusal_base": 0.15, "false_refusal": 0.11, "persona_fraction": None, "persona_ci": None,
+             "window": "late", "net": False, "random_fraction": None, "max_persona_shift": 0.22,
+             "persona_shift_layer": 14, "persona_shift_floor": 0.1, "kl": 0.1, "reasons": []}
+            for folder in ("benign", "self-distilled")]
+    ordered, unordered = report.render_index(rows), report.render_index(rows, ordered=False)
+    assert ordered.count("<polyline") == 4 and "<title>95% CI of the fine-tune&#39;s rate</title>" in ordered
+    assert "<svg" not in unordered and 'id="trends"' not in unordered
+    assert '<a href="benign/report.html">benign</a><br><span class="muted">/cache/organisms/benign-0123</span>' in (
+        unordered)
+    assert "15.0% &rarr; 11.0%" in unordered and "+0.22 at block 14 (floor 0.10)" in unordered
 
 
 def test_demo_line_says_where_the_refusal_change_was_within_noise() -> None:
@@ -114,7 +136,9 @@ def test_demo_audits_the_three_controls_unless_told_otherwise(monkeypatch: pytes
         built.append(names)
         return {name: tmp_path / name for name in names}
 
-    def audit_checkpoints(plan: object, checkpoints: list[tuple[str, str]], out: Path) -> tuple[list, list[int]]:
+    def audit_checkpoints(plan: object, checkpoints: list[tuple[str, str]], out: Path,
+                          ordered: bool) -> tuple[list, list[int]]:
+        assert not ordered  # the organisms are not a sequence: no trend lines in the index
         audited.append([name for name, _ in checkpoints])
         return [{"verdict": "error", "error": "not run"} for _ in checkpoints], [cli.EXIT_FAIL] * len(checkpoints)
 

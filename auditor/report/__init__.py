@@ -152,18 +152,22 @@ def render_summary(results: AuditResults) -> str:
 
 
 def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
-    """The key numbers of one audit, for the audit-many index."""
+    """The key numbers of one audit, for the audit-many index (its folder, `report_path`'s, names it there)."""
     replay, attribution, drift = results.replay, results.attribution, results.general_drift
     assert replay and attribution and drift, "a whole audit's results"
+    # the block the verdict reads: the shift furthest toward the compliant persona past its floor
+    furthest = max(results.layers, key=lambda row: row.persona_shift - row.persona_floor())
     return {
         "name": results.finetune.name, "verdict": results.verdict, "report": report_path.as_posix(),
+        "folder": report_path.parent.name,
         "refusal_base": replay.refusal.base.rate, "refusal": replay.refusal.finetune.rate,
         "refusal_ci": replay.refusal.finetune.ci, "degenerate": replay.refusal.finetune.degenerate_rate,
-        "false_refusal": replay.false_refusal.finetune.rate,
+        "false_refusal_base": replay.false_refusal.base.rate, "false_refusal": replay.false_refusal.finetune.rate,
         "persona_fraction": attribution.persona_fraction, "persona_ci": attribution.ci, "window": attribution.window,
         "net": bool(attribution.net), "random_fraction": attribution.random_fraction,
         "attribution_items": attribution.base.n, "attribution_change": attribution.refusal_change,
-        "max_persona_shift": max((row.persona_shift for row in results.layers), key=abs),
+        "max_persona_shift": furthest.persona_shift, "persona_shift_layer": furthest.layer,
+        "persona_shift_floor": furthest.persona_floor(),
         "kl": drift.kl, "reasons": results.reasons,
     }
 
@@ -173,19 +177,21 @@ def error_row(name: str, error: str) -> dict[str, Any]:
     return {"name": name, "verdict": "error", "error": error}
 
 
-def render_index(rows: list[dict[str, Any]]) -> str:
+def render_index(rows: list[dict[str, Any]], *, ordered: bool = True) -> str:
     """The audit-many index: one row per checkpoint with a link to its report (or the error that stopped
-    it), and trend charts over the audited ones."""
+    it), and, for `ordered` checkpoints (a training run's, in order), trend charts over the audited ones. The
+    demo's organisms are not a sequence: a line from one to the next would draw a trend that is not there."""
     all_rows, rows = rows, [r for r in rows if r["verdict"] != "error"]
-    trends = [
+    trends = [] if not ordered else [
         charts.line_chart("Refusal of harmful requests across checkpoints",
                           [charts.Series("fine-tune", [r["refusal"] for r in rows]),
                            charts.Series("base", [r["refusal_base"] for r in rows], charts.COLOURS[3])],
-                          band=[tuple(r["refusal_ci"]) for r in rows], x_label="checkpoint"),
+                          band=[tuple(r["refusal_ci"]) for r in rows], band_label="95% CI of the fine-tune's rate",
+                          x_label="checkpoint"),
         charts.line_chart("False refusal of benign requests", [charts.Series("fine-tune", [r["false_refusal"]
                                                                                           for r in rows])],
                           x_label="checkpoint"),
-        charts.line_chart("Largest persona shift (any layer)", [charts.Series(
+        charts.line_chart("Persona shift furthest past its floor", [charts.Series(
             "shift", [r["max_persona_shift"] for r in rows], charts.COLOURS[1])], reference=0.0, x_label="checkpoint"),
     ]
     return _environment().get_template("index.html.j2").render(rows=all_rows, trends=trends)

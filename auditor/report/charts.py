@@ -34,8 +34,10 @@ def _scale(lo: float, hi: float, size: float, flip: bool) -> Callable[[float], f
 
 
 def line_chart(title: str, series: Sequence[Series], *, band: Sequence[tuple[float, float]] | None = None,
-               y_label: str = "", reference: float | None = None, x_label: str = "layer") -> Markup:
-    """A line chart over layers (or checkpoints); `band` is a shaded (low, high) region per point."""
+               band_label: str = "noise floor", y_label: str = "", reference: float | None = None,
+               x_label: str = "layer") -> Markup:
+    """A line chart over layers (or checkpoints); `band` is a shaded (low, high) region per point, named
+    `band_label` on hover."""
     points = [v for s in series for v in s.values] + [v for b in band or [] for v in b]
     if reference is not None:
         points.append(reference)
@@ -50,7 +52,7 @@ def line_chart(title: str, series: Sequence[Series], *, band: Sequence[tuple[flo
     if band:
         upper = " ".join(f"{x(i):.1f},{y(b[1]):.1f}" for i, b in enumerate(band))
         lower = " ".join(f"{x(i):.1f},{y(b[0]):.1f}" for i, b in reversed(list(enumerate(band))))
-        parts.append(f'<polygon points="{upper} {lower}" class="band"><title>noise floor</title></polygon>')
+        parts.append(f'<polygon points="{upper} {lower}" class="band"><title>{escape(band_label)}</title></polygon>')
     if reference is not None:
         parts.append(f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{y(reference):.1f}" y2="{y(reference):.1f}" '
                      'class="ref"/>')
