@@ -84,7 +84,7 @@ class DriftAuditCallback(TrainerCallback):  # type: ignore[misc]
             "drift_audit/false_refusal_finetune": data.replay.false_refusal.finetune.rate,
             "drift_audit/max_persona_shift": max(abs(r.persona_shift) for r in data.layers),
             # what the verdict's persona-shift rule reads: the largest move toward the persona beyond its floor
-            "drift_audit/persona_shift_beyond_floor": max(r.persona_shift - r.persona_floor() for r in data.layers),
+            "drift_audit/persona_shift_beyond_floor": max(r.persona_excess() for r in data.layers),
             "drift_audit/general_drift_kl": data.general_drift.kl,
         }
         if data.attribution is not None and data.attribution.persona_fraction is not None:

@@ -542,6 +542,16 @@ class LayerDrift(Record):
         along a typical direction, whichever is larger (files without the drift floor: the split-half one)."""
         return max(self.persona_shift_floor, self.persona_shift_drift_floor or 0.0)
 
+    def persona_excess(self) -> float:
+        """How far the persona shift goes toward the compliant persona past its floor (negative: inside it)."""
+        return self.persona_shift - self.persona_floor()
+
+
+def furthest_persona_shift(layers: Sequence[LayerDrift]) -> LayerDrift | None:
+    """The block the verdict's persona-shift rule reads: the one whose shift goes furthest toward the compliant
+    persona past its floor (None without layers)."""
+    return max(layers, key=LayerDrift.persona_excess, default=None)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo(Record):

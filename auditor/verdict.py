@@ -58,6 +58,7 @@ from auditor.results import (
     SuiteComparison,
     WindowAttribution,
     broke_the_model,
+    furthest_persona_shift,
 )
 
 ORDER: tuple[Level, ...] = ("pass", "warn", "inconclusive", "fail")
@@ -368,10 +369,10 @@ def _degenerate(verdict: Verdict, suite: str, part: SideSummary, t: Thresholds) 
 
 
 def _persona_shift(verdict: Verdict, layers: Sequence[LayerDrift], t: Thresholds) -> None:
-    beyond = [(row.persona_shift - row.persona_floor(), row) for row in layers]
-    if not beyond:
+    row = furthest_persona_shift(layers)
+    if row is None:
         return
-    excess, row = max(beyond, key=lambda x: x[0])
+    excess = row.persona_excess()
     drift = row.persona_shift_drift_floor is not None and row.persona_shift_drift_floor > row.persona_shift_floor
     floor = (f"floor {row.persona_floor():.2f}, what the fine-tune's general drift gives along a typical direction"
              if drift else f"noise floor {row.persona_floor():.2f}")

@@ -21,7 +21,7 @@ from auditor import schema
 from auditor.errors import AuditInputError
 from auditor.judge import is_refusing
 from auditor.report import charts
-from auditor.results import Attribution, AuditResults, LayerDrift, Replay
+from auditor.results import Attribution, AuditResults, LayerDrift, Replay, furthest_persona_shift
 from auditor.stats import describe_change
 
 SHOWN_CHARS = 300
@@ -155,8 +155,8 @@ def index_row(results: AuditResults, report_path: Path) -> dict[str, Any]:
     """The key numbers of one audit, for the audit-many index (its folder, `report_path`'s, names it there)."""
     replay, attribution, drift = results.replay, results.attribution, results.general_drift
     assert replay and attribution and drift, "a whole audit's results"
-    # the block the verdict reads: the shift furthest toward the compliant persona past its floor
-    furthest = max(results.layers, key=lambda row: row.persona_shift - row.persona_floor())
+    furthest = furthest_persona_shift(results.layers)
+    assert furthest is not None, "a whole audit measures its layers"
     return {
         "name": results.finetune.name, "verdict": results.verdict, "report": report_path.as_posix(),
         "folder": report_path.parent.name,
